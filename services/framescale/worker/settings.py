@@ -1,0 +1,111 @@
+"""The worker's one settings class: ``FRAMESCALE_WORKER_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from framescale.settings import ComponentSettings
+
+MIB = 1024 * 1024
+
+
+class WorkerSettings(ComponentSettings):
+    model_config = SettingsConfigDict(env_prefix="FRAMESCALE_WORKER_")
+
+    # --- the queue and where results go
+    queue_url: str = Field(description="SQS queue the worker long-polls for job messages.")
+    dead_letter_queue_url: str | None = Field(
+        default=None,
+        description="Queue for permanently failed jobs; found from the queue's RedrivePolicy when unset.",
+    )
+    output: str | None = Field(
+        default=None,
+        description="Default results prefix (s3://bucket/prefix/) for messages that name none.",
+    )
+    success_topic_arn: str | None = Field(default=None, description="SNS topic for success notifications.")
+    error_topic_arn: str | None = Field(default=None, description="SNS topic for error notifications.")
+
+    # --- the model server
+    model_server: str = Field(default="localhost:8500", description="TF Serving gRPC address.")
+    model_name: str = Field(default="detector", description="Model name as TF Serving knows it.")
+    model_version: int | None = Field(default=None, description="Pin a model version; latest when unset.")
+    signature_name: str = Field(default="serving_default")
+    input_size: int = Field(
+        default=320, ge=32, le=4096,
+        description="Side of the square frame sent to the model when its signature has no fixed size.",
+    )
+    resize_mode: Literal["stretch", "letterbox"] = Field(
+        default="stretch", description="How frames are fitted to the model input; boxes are mapped back."
+    )
+    score_threshold: float = Field(default=0.3, ge=0.0, le=1.0)
+    max_detections: int = Field(default=100, ge=1, le=10000)
+    labels: dict[int, str] = Field(
+        default_factory=lambda: {1: "person"},
+        description="Class id to label name (JSON object).",
+    )
+    grpc_timeout_seconds: float = Field(default=60.0, gt=0)
+    grpc_max_message_bytes: int = Field(default=256 * MIB, ge=4 * MIB)
+
+    # --- throughput
+    batch_size: int = Field(default=8, ge=1, le=256, description="Frames per Predict request.")
+    max_in_flight: int = Field(default=3, ge=1, le=64, description="Predict requests in flight per job.")
+    slots: int = Field(default=1, ge=1, le=64, description="Jobs processed at once (one process each).")
+    sample_fps: float = Field(default=1.0, gt=0, description="Default frames per second sampled.")
+
+    # --- SQS behaviour
+    wait_time_seconds: int = Field(default=20, ge=0, le=20, description="SQS long-poll wait.")
+    visibility_timeout_seconds: int = Field(
+        default=120, ge=10, le=43200, description="Visibility granted per heartbeat while a job runs."
+    )
+    heartbeat_seconds: float | None = Field(
+        default=None, gt=0, description="Heartbeat period; a third of the visibility timeout when unset."
+    )
+    retry_delay_seconds: int = Field(
+        default=30, ge=0, le=43200, description="Delay before a transiently failed job is seen again."
+    )
+    transient_retries: int = Field(default=4, ge=0, le=20, description="In-job retries of transient errors.")
+    backoff_base_seconds: float = Field(default=0.5, gt=0)
+    backoff_max_seconds: float = Field(default=10.0, gt=0)
+
+    # --- limits, enforced before work starts
+    max_object_bytes: int = Field(default=10 * 1024 * MIB, ge=1)
+    max_duration_seconds: float = Field(default=6 * 3600.0, gt=0)
+    max_pixels: int = Field(default=3840 * 2160, ge=1, description="Largest frame (width*height) accepted.")
+    max_bad_frame_ratio: float = Field(
+        default=0.1, ge=0, le=1, description="Undecodable frames tolerated before a job fails."
+    )
+
+    # --- process life
+    work_dir: Path = Field(default=Path("/tmp/framescale"), description="Scratch space for downloads.")
+    shutdown_grace_seconds: float = Field(default=60.0, ge=0)
+    health_port: int = Field(default=8080, ge=0, le=65535, description="/healthz /readyz /metrics; 0 = off.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+    # --- busy-node Lease (Kubernetes only)
+    lease_enabled: bool = Field(default=False, description="Hold a busy Lease for this node while jobs run.")
+    node_name: str | None = Field(default=None, description="This node's name (downward API spec.nodeName).")
+    pod_name: str | None = Field(default=None, description="This pod's name (downward API), the Lease holder.")
+    namespace: str = Field(default="default", description="Namespace of the busy Lease.")
+    pipeline_name: str | None = Field(default=None, description="VideoPipeline this worker serves.")
+    lease_duration_seconds: int = Field(default=60, ge=10, le=3600)
+
+    @model_validator(mode="after")
+    def _check(self) -> WorkerSettings:
+        if not self.queue_url.startswith(("https://", "http://")):
+            raise ValueError(f"queue_url must be an SQS queue URL (https://...), got {self.queue_url!r}")
+        if self.output is not None and not self.output.startswith("s3://"):
+            raise ValueError(f"output must be an s3://bucket/prefix/ URL, got {self.output!r}")
+        if self.lease_enabled and not self.node_name:
+            raise ValueError("lease_enabled needs node_name (set FRAMESCALE_WORKER_NODE_NAME from spec.nodeName)")
+        if self.backoff_max_seconds < self.backoff_base_seconds:
+            raise ValueError("backoff_max_seconds must be at least backoff_base_seconds")
+        return self
+
+    @property
+    def heartbeat_period(self) -> float:
+        return self.heartbeat_seconds or self.visibility_timeout_seconds / 3.0
