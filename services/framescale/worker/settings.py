@@ -35,7 +35,9 @@ class WorkerSettings(ComponentSettings):
     model_version: int | None = Field(default=None, description="Pin a model version; latest when unset.")
     signature_name: str = Field(default="serving_default")
     input_size: int = Field(
-        default=320, ge=32, le=4096,
+        default=320,
+        ge=32,
+        le=4096,
         description="Side of the square frame sent to the model when its signature has no fixed size.",
     )
     resize_mode: Literal["stretch", "letterbox"] = Field(

@@ -1,0 +1,195 @@
+"""Job messages: the three accepted forms, validated, and deterministic job ids.
+
+Accepted SQS bodies (DESIGN.md, "Job message"):
+- framescale's own: ``{"video": "s3://b/k.mp4", "output": "s3://b/p/", "job_id": "x", "sample_fps": 1.0}``
+- an S3 Event Notification (``Records[].s3``; keys arrive URL-encoded; ``s3:TestEvent`` is dropped)
+- either of those inside an SNS envelope (``"Type": "Notification"``, ``"Message": "<json>"``)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote_plus
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+MAX_SAMPLE_FPS = 240.0
+JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_BUCKET_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+MAX_KEY_BYTES = 1024
+
+
+class InvalidMessage(ValueError):
+    """The message cannot become a job; the text says what is wrong. Goes to the dead-letter queue."""
+
+
+@dataclass(frozen=True)
+class S3Location:
+    bucket: str
+    key: str
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+    def child(self, *parts: str) -> S3Location:
+        prefix = self.key if not self.key or self.key.endswith("/") else f"{self.key}/"
+        return S3Location(self.bucket, prefix + "/".join(parts))
+
+
+def parse_s3_url(url: str, *, what: str, prefix: bool = False) -> S3Location:
+    """``s3://bucket/key`` → S3Location, with the rules S3 itself enforces checked up front."""
+    if not isinstance(url, str) or not url.startswith("s3://"):
+        raise InvalidMessage(f"{what} must be an s3://bucket/key URL, got {url!r}")
+    bucket, _, key = url[len("s3://") :].partition("/")
+    if not _BUCKET_PATTERN.match(bucket) or ".." in bucket:
+        raise InvalidMessage(f"{what} has an invalid bucket name {bucket!r}")
+    if not prefix and not key:
+        raise InvalidMessage(f"{what} names a bucket but no object key: {url!r}")
+    if prefix and key and not key.endswith("/"):
+        key += "/"
+    check_key(key, what=what)
+    return S3Location(bucket, key)
+
+
+def check_key(key: str, *, what: str) -> None:
+    if len(key.encode()) > MAX_KEY_BYTES:
+        raise InvalidMessage(f"{what} key is longer than S3's 1024-byte limit")
+    if any(ord(char) < 32 for char in key):
+        raise InvalidMessage(f"{what} key contains control characters")
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """One video to process, as the message asked for it (defaults not yet applied)."""
+
+    video: S3Location
+    output: S3Location | None = None
+    job_id: str | None = None
+    sample_fps: float | None = None
+    # From an S3 event, when it carried them: saves a round trip and pins the version seen.
+    etag: str | None = None
+    size: int | None = None
+    source: str = "framescale"
+
+
+@dataclass(frozen=True)
+class ParsedMessage:
+    jobs: list[JobRequest] = field(default_factory=list)
+    # Set when the message is valid but asks for nothing (an S3 test event, a delete event).
+    ignored_reason: str | None = None
+
+
+class _OwnMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+    video: str = Field(description="s3:// URL of the video")
+    output: str | None = Field(default=None, description="s3:// prefix for results")
+    job_id: str | None = None
+    sample_fps: float | None = Field(default=None, gt=0, le=MAX_SAMPLE_FPS)
+
+    @field_validator("job_id")
+    @classmethod
+    def _job_id(cls, value: str | None) -> str | None:
+        if value is not None and not JOB_ID_PATTERN.match(value):
+            raise ValueError("job_id must be 1-128 characters of letters, digits, '.', '_' or '-'")
+        return value
+
+
+def parse_message(body: str | bytes) -> ParsedMessage:
+    """Parse an SQS message body into jobs, or raise InvalidMessage saying why not."""
+    if isinstance(body, bytes):
+        try:
+            body = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidMessage("message body is not UTF-8 text") from None
+    try:
+        document = json.loads(body)
+    except json.JSONDecodeError as error:
+        raise InvalidMessage(f"message body is not JSON ({error.msg} at position {error.pos})") from None
+    return _parse_document(document, depth=0)
+
+
+def _parse_document(document: Any, depth: int) -> ParsedMessage:
+    if not isinstance(document, dict):
+        raise InvalidMessage(f"message body must be a JSON object, got {type(document).__name__}")
+    if document.get("Type") == "Notification" and "Message" in document:
+        if depth > 0:
+            raise InvalidMessage("SNS envelope nested inside another envelope")
+        inner = document["Message"]
+        if not isinstance(inner, str):
+            raise InvalidMessage("SNS envelope's Message must be a JSON string")
+        try:
+            return _parse_document(json.loads(inner), depth + 1)
+        except json.JSONDecodeError as error:
+            raise InvalidMessage(f"SNS envelope's Message is not JSON ({error.msg})") from None
+    if document.get("Event") == "s3:TestEvent":
+        return ParsedMessage(ignored_reason="S3 test event")
+    if "Records" in document:
+        return _parse_s3_event(document["Records"])
+    return ParsedMessage(jobs=[_parse_own(document)])
+
+
+def _parse_own(document: dict[str, Any]) -> JobRequest:
+    if "video" not in document:
+        known = ", ".join(sorted(document)) or "none"
+        raise InvalidMessage(f"message has no 'video' field (fields present: {known})")
+    try:
+        message = _OwnMessage.model_validate(document)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in item['loc']) or 'message'}: {item['msg']}" for item in error.errors()
+        )
+        raise InvalidMessage(f"invalid job message: {problems}") from None
+    return JobRequest(
+        video=parse_s3_url(message.video, what="video"),
+        output=parse_s3_url(message.output, what="output", prefix=True) if message.output else None,
+        job_id=message.job_id,
+        sample_fps=message.sample_fps,
+    )
+
+
+def _parse_s3_event(records: Any) -> ParsedMessage:
+    if not isinstance(records, list) or not records:
+        raise InvalidMessage("S3 event has no Records")
+    jobs: list[JobRequest] = []
+    for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise InvalidMessage(f"S3 event record {index} is not an object")
+        event_name = str(record.get("eventName", ""))
+        if not event_name.startswith("ObjectCreated"):
+            continue
+        try:
+            s3 = record["s3"]
+            bucket = s3["bucket"]["name"]
+            raw_key = s3["object"]["key"]
+        except (KeyError, TypeError):
+            raise InvalidMessage(f"S3 event record {index} lacks s3.bucket.name or s3.object.key") from None
+        # S3 event keys are URL-encoded with '+' for spaces.
+        key = unquote_plus(str(raw_key))
+        location = parse_s3_url(f"s3://{bucket}/{key}", what=f"S3 event record {index}")
+        obj = s3.get("object") or {}
+        size = obj.get("size")
+        jobs.append(
+            JobRequest(
+                video=location,
+                etag=str(obj["eTag"]).strip('"') if obj.get("eTag") else None,
+                size=int(size) if isinstance(size, int) else None,
+                source="s3-event",
+            )
+        )
+    if not jobs:
+        return ParsedMessage(ignored_reason="S3 event without ObjectCreated records")
+    return ParsedMessage(jobs=jobs)
+
+
+def derive_job_id(video: S3Location, etag: str) -> str:
+    """Deterministic id from bucket, key and ETag: a redelivered message maps to the same output."""
+    digest = hashlib.sha256(f"{video.bucket}\0{video.key}\0{etag.strip(chr(34))}".encode()).hexdigest()[:16]
+    stem = video.key.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-._")[:48]
+    return f"{stem}-{digest}" if stem else digest

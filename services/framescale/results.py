@@ -1,0 +1,76 @@
+"""What a job produces: detection lines, the summary, and notifications.
+
+``<output>/<job_id>/detections.jsonl`` holds one line per sampled frame in frame order;
+``summary.json`` is written last and is the commit marker: a job whose summary exists is
+complete, a job without one is not (DESIGN.md, "Results").
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from framescale.aws import region as aws_region
+
+DETECTIONS_FILE = "detections.jsonl"
+SUMMARY_FILE = "summary.json"
+RESULT_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Detection:
+    label: str
+    class_id: int
+    score: float
+    box: tuple[float, float, float, float]  # ymin, xmin, ymax, xmax, normalized to the original frame
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "class_id": self.class_id,
+            "score": round(self.score, 4),
+            "box": [round(value, 5) for value in self.box],
+        }
+
+
+def frame_line(frame: int, pts_ms: int, detections: list[Detection]) -> str:
+    """One JSON Lines record (with its newline) for a sampled frame."""
+    record = {"frame": frame, "pts_ms": pts_ms, "detections": [d.as_json() for d in detections]}
+    return json.dumps(record, separators=(",", ":")) + "\n"
+
+
+def utc_now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def notification(
+    *,
+    status: str,
+    job_id: str,
+    input_url: str,
+    output_url: str | None,
+    failure_reason: str | None = None,
+    summary: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A notification shaped like SageMaker asynchronous inference's, so its consumers read it."""
+    body: dict[str, Any] = {
+        "awsRegion": aws_region(),
+        "eventTime": utc_now_iso(),
+        "receivedTime": None,
+        "invocationStatus": status,
+        "inferenceId": job_id,
+        "requestParameters": {"inputLocation": input_url},
+        "responseParameters": {"contentType": "application/jsonlines"},
+    }
+    if output_url is not None:
+        body["responseParameters"]["outputLocation"] = output_url
+    if failure_reason is not None:
+        body["failureReason"] = failure_reason
+    if summary is not None:
+        body["framescale"] = {
+            "framesSampled": summary.get("frames", {}).get("sampled"),
+            "labelCounts": summary.get("label_counts"),
+        }
+    return body

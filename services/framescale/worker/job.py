@@ -1,0 +1,416 @@
+"""One job: a video in S3 becomes ordered detections and a summary in S3.
+
+Stages: resolve (HEAD, limits, job id, already done?) → download (streamed to disk) →
+probe → decode + infer (pipelined, bounded memory) → upload detections → upload summary.
+``summary.json`` is written last: it is the commit marker that says the job is complete.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from boto3.s3.transfer import TransferConfig
+
+from framescale import results
+from framescale.messages import JobRequest, S3Location, derive_job_id
+from framescale.worker.errors import JobCancelled, PermanentJobError, TransientJobError
+from framescale.worker.geometry import Fit, fit_frame, plan_fit
+from framescale.worker.inference import ModelClient, read_detections, rpc_error
+from framescale.worker.retry import RetryPolicy, aws_error
+from framescale.worker.sampling import FrameSampler
+from framescale.worker.settings import WorkerSettings
+from framescale.worker.video import DecodeStats, VideoInfo, open_video, sampled_frames
+
+log = logging.getLogger(__name__)
+
+# Multipart ranged GETs stream the object to disk in bounded chunks, never whole into memory.
+TRANSFER = TransferConfig(multipart_threshold=16 * 1024 * 1024, multipart_chunksize=16 * 1024 * 1024, max_concurrency=4)
+
+
+@dataclass
+class JobReport:
+    """What happened, for the result, the notification, logs and metrics."""
+
+    job_id: str = ""
+    input_url: str = ""
+    output_url: str = ""
+    status: str = "failed"  # succeeded | skipped (already complete) | failed
+    frames_decoded: int = 0
+    frames_sampled: int = 0
+    detections: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+    model_latencies: list[float] = field(default_factory=list)
+    download_failures: int = 0
+    upload_failures: int = 0
+    summary: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ResolvedJob:
+    request: JobRequest
+    job_id: str
+    etag: str
+    size: int
+    output: S3Location  # the job's own folder: <output>/<job_id>/
+    sample_fps: float
+
+
+class JobRunner:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        s3: Any,
+        model: ModelClient,
+        *,
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.settings = settings
+        self.s3 = s3
+        self.model = model
+        self.cancelled = cancelled
+        self.retry = RetryPolicy(
+            attempts=settings.transient_retries + 1,
+            base_seconds=settings.backoff_base_seconds,
+            max_seconds=settings.backoff_max_seconds,
+        )
+        settings.work_dir.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------ entry
+
+    def run(self, request: JobRequest, report: JobReport) -> JobReport:
+        started = time.perf_counter()
+        report.input_url = request.video.url
+        job = self.resolve(request, report)
+        report.job_id = job.job_id
+        report.output_url = job.output.url
+        existing = self._existing_summary(job)
+        if existing is not None:
+            report.status = "skipped"
+            report.summary = existing
+            log.info("job already complete; results left as they are", extra={"job_id": job.job_id})
+            return report
+        with tempfile.TemporaryDirectory(prefix="job-", dir=self.settings.work_dir) as scratch:
+            folder = Path(scratch)
+            video_path = folder / ("input" + Path(job.request.video.key).suffix[:16])
+            self._timed(report, "download", lambda: self._download(job, video_path, report))
+            self._check_cancel()
+            detections_path = folder / results.DETECTIONS_FILE
+            info, label_counts = self._timed(
+                report, "decode_and_infer", lambda: self._decode_and_infer(job, video_path, detections_path, report)
+            )
+            self._check_cancel()
+            self._timed(report, "upload", lambda: self._upload_results(job, detections_path, report))
+            report.timings["total"] = round(time.perf_counter() - started, 4)
+            summary = self._summary(job, info, label_counts, report)
+            self._timed(report, "commit", lambda: self._put_summary(job, summary, report))
+        report.status = "succeeded"
+        report.summary = summary
+        return report
+
+    # ------------------------------------------------------------------ resolve
+
+    def resolve(self, request: JobRequest, report: JobReport) -> ResolvedJob:
+        video = request.video
+
+        def head() -> dict[str, Any]:
+            return dict(self.s3.head_object(Bucket=video.bucket, Key=video.key))
+
+        try:
+            meta = self.retry.call(head, classify=lambda e: aws_error(e, stage="resolve", what=f"HEAD {video.url}"))
+        except PermanentJobError as error:
+            if "404" in error.reason or "NoSuchKey" in error.reason or "Not Found" in error.reason:
+                raise PermanentJobError(f"video not found: {video.url}", stage="resolve") from None
+            if "403" in error.reason or "Forbidden" in error.reason or "AccessDenied" in error.reason:
+                raise PermanentJobError(
+                    f"access denied to {video.url}: grant the worker's role s3:GetObject on it", stage="resolve"
+                ) from None
+            raise
+        size = int(meta.get("ContentLength", 0))
+        etag = str(meta.get("ETag", "")).strip('"')
+        if size == 0:
+            raise PermanentJobError(f"video is empty (0 bytes): {video.url}", stage="resolve")
+        if size > self.settings.max_object_bytes:
+            raise PermanentJobError(
+                f"video is {size} bytes, over the limit of {self.settings.max_object_bytes} "
+                "(FRAMESCALE_WORKER_MAX_OBJECT_BYTES)",
+                stage="resolve",
+            )
+        job_id = request.job_id or derive_job_id(video, etag or str(size))
+        base = request.output
+        if base is None:
+            if self.settings.output is None:
+                raise PermanentJobError(
+                    "message names no output and FRAMESCALE_WORKER_OUTPUT is unset", stage="resolve"
+                )
+            bucket, _, prefix = self.settings.output[len("s3://") :].partition("/")
+            base = S3Location(bucket, prefix if not prefix or prefix.endswith("/") else prefix + "/")
+        sample_fps = request.sample_fps or self.settings.sample_fps
+        return ResolvedJob(request, job_id, etag, size, base.child(job_id, ""), sample_fps)
+
+    def _existing_summary(self, job: ResolvedJob) -> dict[str, Any] | None:
+        key = job.output.child(results.SUMMARY_FILE)
+
+        def get() -> dict[str, Any] | None:
+            try:
+                body = self.s3.get_object(Bucket=key.bucket, Key=key.key)["Body"].read()
+            except self.s3.exceptions.NoSuchKey:
+                return None
+            return dict(json.loads(body))
+
+        try:
+            summary = self.retry.call(get, classify=lambda e: aws_error(e, stage="resolve", what=f"GET {key.url}"))
+        except json.JSONDecodeError:
+            return None
+        if summary is None or summary.get("status") != "succeeded" or summary.get("job_id") != job.job_id:
+            return None
+        return summary
+
+    # ------------------------------------------------------------------ download
+
+    def _download(self, job: ResolvedJob, path: Path, report: JobReport) -> None:
+        video = job.request.video
+        extra = {"IfMatch": f'"{job.etag}"'} if job.etag else None
+
+        def fetch() -> None:
+            self.s3.download_file(video.bucket, video.key, str(path), ExtraArgs=extra, Config=TRANSFER)
+
+        def failed(_: TransientJobError) -> None:
+            report.download_failures += 1
+
+        try:
+            self.retry.call(
+                fetch,
+                classify=lambda e: aws_error(e, stage="download", what=f"GET {video.url}"),
+                cancelled=self.cancelled,
+                on_retry=failed,
+            )
+        except TransientJobError:
+            report.download_failures += 1
+            raise
+
+    # ------------------------------------------------------------------ decode + infer
+
+    def _input_size(self, info: VideoInfo) -> tuple[int, int]:
+        signature = self.model_signature()
+        side = self.settings.input_size
+        return signature.input_height or side, signature.input_width or side
+
+    def model_signature(self) -> Any:
+        return self.retry.call(
+            self.model.signature,
+            classify=lambda e: (
+                rpc_error(e, what="GetModelMetadata")
+                if isinstance(e, grpc.RpcError)
+                else TransientJobError(str(e), stage="model")
+            ),
+            cancelled=self.cancelled,
+        )
+
+    def _decode_and_infer(
+        self, job: ResolvedJob, video_path: Path, detections_path: Path, report: JobReport
+    ) -> tuple[VideoInfo, dict[str, int]]:
+        capture, info = open_video(video_path)
+        try:
+            self._check_limits(info)
+            height, width = self._input_size(info)
+            fit = plan_fit(info.height, info.width, height, width, self.settings.resize_mode)
+            sampler = FrameSampler(info.fps, job.sample_fps)
+            stats = DecodeStats()
+            counts: dict[str, int] = collections.Counter()
+            with detections_path.open("w", encoding="utf-8") as out:
+                pipeline = _InferencePipeline(self, fit, out, counts, report)
+                batch = np.empty((self.settings.batch_size, height, width, 3), dtype=np.uint8)
+                meta: list[tuple[int, int]] = []
+                frames = sampled_frames(
+                    capture,
+                    info,
+                    sampler,
+                    stats,
+                    max_bad_ratio=self.settings.max_bad_frame_ratio,
+                    should_stop=self.cancelled,
+                )
+                for index, pts_ms, frame in frames:
+                    fit_frame(frame, fit, batch[len(meta)])
+                    meta.append((index, pts_ms))
+                    if len(meta) == self.settings.batch_size:
+                        pipeline.submit(batch, meta)
+                        batch = np.empty_like(batch)
+                        meta = []
+                self._check_cancel()
+                if meta:
+                    pipeline.submit(batch[: len(meta)], meta)
+                pipeline.drain()
+        finally:
+            capture.release()
+        report.frames_decoded = stats.decoded
+        report.frames_sampled = stats.sampled
+        info = VideoInfo(info.width, info.height, info.fps, max(info.frame_count, stats.decoded), info.codec)
+        return info, dict(counts)
+
+    def _check_limits(self, info: VideoInfo) -> None:
+        if info.width * info.height > self.settings.max_pixels:
+            raise PermanentJobError(
+                f"frame size {info.width}x{info.height} is over the limit of {self.settings.max_pixels} pixels "
+                "(FRAMESCALE_WORKER_MAX_PIXELS)",
+                stage="probe",
+            )
+        if info.duration_seconds > self.settings.max_duration_seconds:
+            raise PermanentJobError(
+                f"video lasts {info.duration_seconds:.0f} s, over the limit of "
+                f"{self.settings.max_duration_seconds:.0f} s (FRAMESCALE_WORKER_MAX_DURATION_SECONDS)",
+                stage="probe",
+            )
+
+    def _check_cancel(self) -> None:
+        if self.cancelled():
+            raise JobCancelled("shutdown: job handed back")
+
+    # ------------------------------------------------------------------ upload
+
+    def _put(self, location: S3Location, body: bytes | Path, content_type: str, report: JobReport) -> None:
+        def put() -> None:
+            if isinstance(body, Path):
+                self.s3.upload_file(
+                    str(body), location.bucket, location.key, ExtraArgs={"ContentType": content_type}, Config=TRANSFER
+                )
+            else:
+                self.s3.put_object(Bucket=location.bucket, Key=location.key, Body=body, ContentType=content_type)
+
+        def failed(_: TransientJobError) -> None:
+            report.upload_failures += 1
+
+        try:
+            self.retry.call(
+                put, classify=lambda e: aws_error(e, stage="upload", what=f"PUT {location.url}"), on_retry=failed
+            )
+        except TransientJobError:
+            report.upload_failures += 1
+            raise
+
+    def _upload_results(self, job: ResolvedJob, detections_path: Path, report: JobReport) -> None:
+        self._put(job.output.child(results.DETECTIONS_FILE), detections_path, "application/x-ndjson", report)
+
+    def _put_summary(self, job: ResolvedJob, summary: dict[str, Any], report: JobReport) -> None:
+        body = json.dumps(summary, indent=2).encode()
+        self._put(job.output.child(results.SUMMARY_FILE), body, "application/json", report)
+
+    def _summary(
+        self, job: ResolvedJob, info: VideoInfo, label_counts: dict[str, int], report: JobReport
+    ) -> dict[str, Any]:
+        signature = self.model._signature
+        return {
+            "format_version": results.RESULT_FORMAT_VERSION,
+            "job_id": job.job_id,
+            "status": "succeeded",
+            "input": {"url": job.request.video.url, "etag": job.etag, "bytes": job.size},
+            "output": {
+                "detections": job.output.child(results.DETECTIONS_FILE).url,
+                "summary": job.output.child(results.SUMMARY_FILE).url,
+            },
+            "model": {
+                "name": self.model.model_name,
+                "version": signature.version if signature else None,
+                "signature": self.model.signature_name,
+                "input_size": [signature.input_height, signature.input_width] if signature else None,
+                "resize_mode": self.settings.resize_mode,
+                "score_threshold": self.settings.score_threshold,
+            },
+            "video": info.as_json(),
+            "frames": {
+                "decoded": report.frames_decoded,
+                "sampled": report.frames_sampled,
+                "sample_fps": job.sample_fps,
+            },
+            "detections": report.detections,
+            "label_counts": dict(sorted(label_counts.items())),
+            "timings_seconds": dict(report.timings),
+            "model_calls": len(report.model_latencies),
+            "completed_at": results.utc_now_iso(),
+        }
+
+    def _timed(self, report: JobReport, stage: str, operation: Callable[[], Any]) -> Any:
+        started = time.perf_counter()
+        try:
+            return operation()
+        finally:
+            report.timings[stage] = round(time.perf_counter() - started, 4)
+
+
+class _InferencePipeline:
+    """Keeps up to ``max_in_flight`` Predict calls running; writes their lines in frame order."""
+
+    def __init__(self, runner: JobRunner, fit: Fit, out: Any, counts: dict[str, int], report: JobReport) -> None:
+        self.runner = runner
+        self.fit = fit
+        self.out = out
+        self.counts = counts
+        self.report = report
+        self.pending: collections.deque[tuple[grpc.Future, np.ndarray, list[tuple[int, int]], float]] = (
+            collections.deque()
+        )
+
+    def submit(self, batch: np.ndarray, meta: list[tuple[int, int]]) -> None:
+        while len(self.pending) >= self.runner.settings.max_in_flight:
+            self._complete_oldest()
+        try:
+            future = self.runner.model.submit(batch)
+        except grpc.RpcError as error:  # raised at once when the channel is already broken
+            future = _FailedFuture(error)
+        self.pending.append((future, batch, meta, time.perf_counter()))
+
+    def drain(self) -> None:
+        while self.pending:
+            self._complete_oldest()
+
+    def _complete_oldest(self) -> None:
+        future, batch, meta, started = self.pending.popleft()
+        try:
+            response = future.result()
+            self.report.model_latencies.append(time.perf_counter() - started)
+        except grpc.RpcError as error:
+            failure = rpc_error(error, what="Predict")
+            if isinstance(failure, PermanentJobError):
+                raise failure from None
+            # Retry this batch on its own, in order; later batches wait behind it.
+            log.warning("Predict failed, retrying batch", extra={"reason": failure.reason, "stage": "inference"})
+            response, latency = self.runner.retry.call(
+                lambda: self.runner.model.predict(batch),
+                classify=lambda e: (
+                    rpc_error(e, what="Predict")
+                    if isinstance(e, grpc.RpcError)
+                    else TransientJobError(str(e), stage="inference")
+                ),
+                cancelled=self.runner.cancelled,
+            )
+            self.report.model_latencies.append(latency)
+        settings = self.runner.settings
+        per_frame = read_detections(
+            response,
+            [self.fit] * len(meta),
+            settings.labels,
+            score_threshold=settings.score_threshold,
+            max_detections=settings.max_detections,
+        )
+        for (index, pts_ms), detections in zip(meta, per_frame, strict=True):
+            self.out.write(results.frame_line(index, pts_ms, detections))
+            for detection in detections:
+                self.counts[detection.label] = self.counts.get(detection.label, 0) + 1
+            self.report.detections += len(detections)
+
+
+class _FailedFuture:
+    def __init__(self, error: grpc.RpcError) -> None:
+        self.error = error
+
+    def result(self) -> Any:
+        raise self.error
