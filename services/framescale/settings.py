@@ -7,10 +7,12 @@ configure: boto3 reads the standard ``AWS_ENDPOINT_URL`` itself.
 
 from __future__ import annotations
 
+import re
 from typing import TypeVar
 
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as PydanticSettingsError
 
 S = TypeVar("S", bound=BaseSettings)
 
@@ -57,3 +59,11 @@ def load_settings(cls: type[S], **overrides: object) -> S:
         return cls(**overrides)
     except ValidationError as error:
         raise SettingsError(describe_validation_error(cls, error)) from None
+    except PydanticSettingsError as error:
+        # Raised before validation when a JSON-valued variable (a dict or list) is not JSON.
+        match = re.search(r'field "([^"]+)"', str(error))
+        prefix = str(cls.model_config.get("env_prefix", ""))
+        variable = f"{prefix}{match.group(1)}".upper() if match else "(a setting)"
+        raise SettingsError(
+            f"invalid {cls.__name__}; fix the environment and restart:\n  {variable}: must be JSON ({error})"
+        ) from None

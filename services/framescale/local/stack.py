@@ -7,6 +7,7 @@ the notifications it published.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -86,10 +87,8 @@ def _create_bucket(s3: Any, bucket: str) -> None:
     kwargs: dict[str, Any] = {"Bucket": bucket}
     if region != "us-east-1":
         kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
-    try:
+    with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
         s3.create_bucket(**kwargs)
-    except s3.exceptions.BucketAlreadyOwnedByYou:
-        pass
 
 
 def drain(sqs: Any, queue_url: str, *, wait: int = 0, limit: int = 1000) -> list[dict[str, Any]]:

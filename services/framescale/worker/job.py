@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 import numpy as np
 from boto3.s3.transfer import TransferConfig
+from botocore.exceptions import ClientError
 
 from framescale import results
 from framescale.messages import JobRequest, S3Location, derive_job_id
@@ -112,7 +113,12 @@ class JobRunner:
             self._timed(report, "upload", lambda: self._upload_results(job, detections_path, report))
             report.timings["total"] = round(time.perf_counter() - started, 4)
             summary = self._summary(job, info, label_counts, report)
-            self._timed(report, "commit", lambda: self._put_summary(job, summary, report))
+            committed = self._timed(report, "commit", lambda: self._put_summary(job, summary, report))
+        if not committed:
+            log.info("another worker committed this job first; its results stand", extra={"job_id": job.job_id})
+            report.status = "skipped"
+            report.summary = self._existing_summary(job) or summary
+            return report
         report.status = "succeeded"
         report.summary = summary
         return report
@@ -300,9 +306,36 @@ class JobRunner:
     def _upload_results(self, job: ResolvedJob, detections_path: Path, report: JobReport) -> None:
         self._put(job.output.child(results.DETECTIONS_FILE), detections_path, "application/x-ndjson", report)
 
-    def _put_summary(self, job: ResolvedJob, summary: dict[str, Any], report: JobReport) -> None:
+    def _put_summary(self, job: ResolvedJob, summary: dict[str, Any], report: JobReport) -> bool:
+        """Write the commit marker once: False when another worker committed this job first.
+
+        ``If-None-Match: *`` makes S3 refuse to overwrite an existing summary, so two
+        workers racing on a duplicated message cannot both publish a result set.
+        """
+        location = job.output.child(results.SUMMARY_FILE)
         body = json.dumps(summary, indent=2).encode()
-        self._put(job.output.child(results.SUMMARY_FILE), body, "application/json", report)
+
+        def put() -> bool:
+            try:
+                self.s3.put_object(
+                    Bucket=location.bucket,
+                    Key=location.key,
+                    Body=body,
+                    ContentType="application/json",
+                    IfNoneMatch="*",
+                )
+            except ClientError as error:
+                if error.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
+                    return False
+                raise
+            return True
+
+        def failed(_: TransientJobError) -> None:
+            report.upload_failures += 1
+
+        return self.retry.call(
+            put, classify=lambda e: aws_error(e, stage="upload", what=f"PUT {location.url}"), on_retry=failed
+        )
 
     def _summary(
         self, job: ResolvedJob, info: VideoInfo, label_counts: dict[str, int], report: JobReport

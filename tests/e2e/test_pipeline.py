@@ -1,0 +1,157 @@
+"""One video end to end through real HTTP (moto) and gRPC (the model server).
+
+Synthetic videos have exact ground truth: every object must be found with a tight box,
+frames must come in order, and the count must match the sample rate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from framescale import aws, synthetic
+from framescale.local import stack as local_stack
+from framescale.local.videos import write_photo_video, write_synthetic_video
+from framescale.worker.sampling import expected_sample_count
+from tests.support import (
+    dead_letters,
+    enqueue,
+    iou,
+    notifications,
+    read_lines,
+    read_summary,
+    unique,
+    upload,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+MIN_IOU = 0.8
+
+
+def expected_frames(frame_count: int, fps: float, sample_fps: float) -> list[int]:
+    """Computed independently of the worker's sampler: the first frame at or after k / sample_fps."""
+    if sample_fps >= fps:
+        return list(range(frame_count))
+    out = []
+    k = 0
+    while True:
+        index = math.ceil(round(k * fps / sample_fps, 9))
+        if index >= frame_count:
+            return out
+        out.append(index)
+        k += 1
+
+
+def test_synthetic_videos_in_all_three_message_forms(aws_env, tmp_path: Path, start_worker) -> None:
+    stack = local_stack.provision(unique("e2e"))
+    videos = {
+        "own-mp4": (write_synthetic_video(tmp_path / "a.mp4", fps=10, frame_count=60, seed=11), 2.0),
+        "own-avi": (write_synthetic_video(tmp_path / "b.avi", fps=15, frame_count=45, seed=12), 15.0),
+        "sns-wrapped": (
+            write_synthetic_video(tmp_path / "c.mp4", width=640, height=360, fps=30, frame_count=90, seed=13),
+            3.0,
+        ),
+    }
+    for job_id, (video, sample_fps) in videos.items():
+        url = upload(stack, video.path, f"incoming/{job_id}{video.path.suffix}")
+        body = {"video": url, "job_id": job_id, "sample_fps": sample_fps}
+        if job_id == "sns-wrapped":
+            enqueue(stack, {"Type": "Notification", "MessageId": "x", "Message": json.dumps(body)})
+        else:
+            enqueue(stack, body)
+    # The third form: a real S3 event notification, delivered by S3 itself to the queue.
+    s3, sqs = aws.client("s3"), aws.client("sqs")
+    queue_arn = sqs.get_queue_attributes(QueueUrl=stack.queue_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    s3.put_bucket_notification_configuration(
+        Bucket=stack.input_bucket,
+        NotificationConfiguration={
+            "QueueConfigurations": [
+                {
+                    "QueueArn": queue_arn,
+                    "Events": ["s3:ObjectCreated:*"],
+                    "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "drop/"}]}},
+                }
+            ]
+        },
+    )
+    event_video = write_synthetic_video(tmp_path / "d.mp4", fps=10, frame_count=30, seed=14)
+    upload(stack, event_video.path, "drop/with space+plus.mp4")
+
+    start_worker(stack, model="synthetic", slots=2)
+
+    def event_job_summary():
+        listing = s3.list_objects_v2(Bucket=stack.output_bucket, Prefix="results/with-space-plus-")
+        keys = [item["Key"] for item in listing.get("Contents", []) if item["Key"].endswith("summary.json")]
+        return keys[0].split("/")[1] if keys else None
+
+    summaries = {
+        job_id: wait_for(lambda j=job_id: read_summary(stack, j), what=f"summary of {job_id}") for job_id in videos
+    }
+    event_job_id = wait_for(event_job_summary, what="the S3-event job's summary")
+    videos[event_job_id] = (event_video, 1.0)  # worker default sample rate
+    summaries[event_job_id] = read_summary(stack, event_job_id)
+
+    for job_id, (video, sample_fps) in videos.items():
+        lines = read_lines(stack, job_id)
+        frames = [line["frame"] for line in lines]
+        assert frames == expected_frames(video.frame_count, video.fps, sample_fps), job_id
+        assert len(lines) == expected_sample_count(video.frame_count, video.fps, sample_fps)
+        for line in lines:
+            assert line["pts_ms"] == round(line["frame"] * 1000 / video.fps)
+            truth = video.truth[line["frame"]]
+            found = {d["label"]: d for d in line["detections"]}
+            assert set(found) == {t.label for t in truth}, (job_id, line["frame"], line["detections"])
+            for t in truth:
+                detection = found[t.label]
+                assert detection["class_id"] == t.class_id
+                assert iou(detection["box"], t.box) >= MIN_IOU, (job_id, line["frame"], detection, t)
+        summary = summaries[job_id]
+        assert summary["status"] == "succeeded" and summary["job_id"] == job_id
+        assert summary["frames"]["sampled"] == len(lines)
+        assert summary["frames"]["decoded"] == video.frame_count
+        assert summary["model"]["name"] == "synthetic"
+        assert summary["label_counts"] == {label: len(lines) for label in synthetic.LABELS.values()}
+        assert summary["video"]["width"] == video.width and summary["video"]["fps"] == pytest.approx(video.fps)
+
+    done = wait_for(lambda: notifications(stack.success_inbox_url), what="success notifications")
+    while len(done) < len(videos):
+        done += wait_for(lambda: notifications(stack.success_inbox_url), what="more success notifications")
+    assert sorted(n["inferenceId"] for n in done) == sorted(videos)
+    assert all(n["invocationStatus"] == "Completed" for n in done)
+    assert all(
+        n["responseParameters"]["outputLocation"].startswith(f"s3://{stack.output_bucket}/results/") for n in done
+    )
+    assert wait_for(lambda: local_stack.queue_depth(sqs, stack.queue_url) == (0, 0), what="queue to drain")
+    assert dead_letters(stack) == []
+
+
+def test_real_detector_finds_the_people_in_real_photographs(aws_env, tmp_path: Path, start_worker) -> None:
+    stack = local_stack.provision(unique("people"))
+    path = tmp_path / "people.mp4"
+    fps, seconds = 10.0, 2.0
+    names = write_photo_video(path, fps=fps, seconds_per_photo=seconds)
+    enqueue(stack, {"video": upload(stack, path), "job_id": "people", "sample_fps": 2.0})
+    start_worker(stack, model="person", labels={1: "person"})
+    summary = wait_for(lambda: read_summary(stack, "people"), what="people summary")
+    lines = read_lines(stack, "people")
+    per_photo = int(fps * seconds)
+    for number, name in enumerate(names):
+        segment = [line for line in lines if number * per_photo <= line["frame"] < (number + 1) * per_photo]
+        assert segment, name
+        people = [d for line in segment for d in line["detections"] if d["label"] == "person" and d["score"] > 0.5]
+        # Every sampled frame of every photograph shows its person.
+        assert len({line["frame"] for line in segment if any(d["score"] > 0.5 for d in line["detections"])}) == len(
+            segment
+        ), name
+        for detection in people:
+            ymin, xmin, ymax, xmax = detection["box"]
+            assert 0 <= ymin < ymax <= 1 and 0 <= xmin < xmax <= 1
+            assert (ymax - ymin) * (xmax - xmin) > 0.05, (name, detection)  # a person, not a speck
+    assert summary["label_counts"].get("person", 0) >= len(lines)

@@ -1,0 +1,114 @@
+"""The three job message forms, and every way a message can be wrong."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from framescale.messages import InvalidMessage, S3Location, derive_job_id, parse_message
+
+
+def s3_event(key: str, bucket: str = "videos", event: str = "ObjectCreated:Put") -> dict:
+    return {
+        "Records": [
+            {
+                "eventSource": "aws:s3",
+                "eventName": event,
+                "s3": {"bucket": {"name": bucket}, "object": {"key": key, "size": 123, "eTag": "abc123"}},
+            }
+        ]
+    }
+
+
+def sns(inner: dict) -> str:
+    return json.dumps({"Type": "Notification", "MessageId": "m", "Message": json.dumps(inner)})
+
+
+def test_own_form_with_every_field() -> None:
+    parsed = parse_message(
+        json.dumps({"video": "s3://videos/a/b.mp4", "output": "s3://out/res", "job_id": "j-1", "sample_fps": 2})
+    )
+    (job,) = parsed.jobs
+    assert job.video == S3Location("videos", "a/b.mp4")
+    assert job.output == S3Location("out", "res/")
+    assert job.job_id == "j-1"
+    assert job.sample_fps == 2.0
+
+
+def test_own_form_only_video_leaves_defaults_to_config() -> None:
+    (job,) = parse_message('{"video": "s3://videos/x.avi"}').jobs
+    assert job.output is None and job.job_id is None and job.sample_fps is None
+
+
+def test_s3_event_key_is_url_decoded() -> None:
+    (job,) = parse_message(json.dumps(s3_event("my+folder/clip%281%29.mp4"))).jobs
+    assert job.video.key == "my folder/clip(1).mp4"
+    assert job.etag == "abc123"
+    assert job.size == 123
+
+
+def test_s3_event_inside_sns_envelope() -> None:
+    (job,) = parse_message(sns(s3_event("a.mp4"))).jobs
+    assert job.video == S3Location("videos", "a.mp4")
+
+
+def test_own_form_inside_sns_envelope() -> None:
+    (job,) = parse_message(sns({"video": "s3://videos/k.mp4", "job_id": "x"})).jobs
+    assert job.job_id == "x"
+
+
+def test_s3_test_event_is_ignored_not_failed() -> None:
+    parsed = parse_message(json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "videos"}))
+    assert parsed.jobs == [] and parsed.ignored_reason == "S3 test event"
+
+
+def test_s3_delete_event_is_ignored() -> None:
+    parsed = parse_message(json.dumps(s3_event("a.mp4", event="ObjectRemoved:Delete")))
+    assert parsed.jobs == [] and parsed.ignored_reason
+
+
+def test_s3_event_with_several_records_gives_several_jobs() -> None:
+    event = s3_event("a.mp4")
+    event["Records"].append(s3_event("b.mp4")["Records"][0])
+    assert [job.video.key for job in parse_message(json.dumps(event)).jobs] == ["a.mp4", "b.mp4"]
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ("not json at all", "not JSON"),
+        ("[1, 2]", "JSON object"),
+        ('{"output": "s3://out/"}', "no 'video' field"),
+        ('{"video": "http://example.com/a.mp4"}', "s3://bucket/key"),
+        ('{"video": "s3://videos"}', "no object key"),
+        ('{"video": "s3://Bad_Bucket/a.mp4"}', "invalid bucket"),
+        ('{"video": "s3://videos/a.mp4", "sample_fps": 0}', "sample_fps"),
+        ('{"video": "s3://videos/a.mp4", "sample_fps": "fast"}', "sample_fps"),
+        ('{"video": "s3://videos/a.mp4", "job_id": "../escape"}', "job_id"),
+        ('{"video": "s3://videos/a.mp4", "sample_rate": 2}', "sample_rate"),
+        ('{"video": "s3://videos/a.mp4", "output": "videos/out"}', "output"),
+        ('{"Records": []}', "no Records"),
+        ('{"Records": [{"eventName": "ObjectCreated:Put", "s3": {}}]}', "lacks s3.bucket.name"),
+        ('{"Type": "Notification", "Message": "{broken"}', "not JSON"),
+        ('{"Type": "Notification", "Message": 5}', "JSON string"),
+    ],
+)
+def test_bad_messages_say_what_is_wrong(body: str, says: str) -> None:
+    with pytest.raises(InvalidMessage) as error:
+        parse_message(body)
+    assert says in str(error.value)
+
+
+def test_non_utf8_body_is_rejected() -> None:
+    with pytest.raises(InvalidMessage, match="UTF-8"):
+        parse_message(b"\xff\xfe\x00")
+
+
+def test_derived_job_id_is_deterministic_and_depends_on_etag() -> None:
+    video = S3Location("videos", "dir/My Clip.mp4")
+    first = derive_job_id(video, "etag-1")
+    assert first == derive_job_id(video, '"etag-1"')
+    assert first != derive_job_id(video, "etag-2")
+    assert first != derive_job_id(S3Location("videos", "dir/other.mp4"), "etag-1")
+    assert first.startswith("My-Clip-")
