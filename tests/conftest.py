@@ -73,6 +73,7 @@ def start_worker(aws_env: dict[str, str], model_server: Any, tmp_path: Path) -> 
         model: str = "synthetic",
         slots: int = 1,
         labels: dict[int, str] | None = None,
+        env_overrides: dict[str, str] | None = None,
         **settings: str,
     ) -> WorkerProcess:
         env = dict(aws_env)
@@ -88,6 +89,7 @@ def start_worker(aws_env: dict[str, str], model_server: Any, tmp_path: Path) -> 
             )
         )
         env.update({f"FRAMESCALE_WORKER_{key.upper()}": str(value) for key, value in settings.items()})
+        env.update(env_overrides or {})
         worker = WorkerProcess(env, log_path=tmp_path / f"worker-{len(started)}.log").start()
         started.append(worker)
         return worker

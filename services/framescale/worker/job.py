@@ -34,8 +34,9 @@ from framescale.worker.video import DecodeStats, VideoInfo, open_video, sampled_
 
 log = logging.getLogger(__name__)
 
-# Multipart ranged GETs stream the object to disk in bounded chunks, never whole into memory.
+# Objects stream to and from disk in bounded chunks, never whole into memory.
 TRANSFER = TransferConfig(multipart_threshold=16 * 1024 * 1024, multipart_chunksize=16 * 1024 * 1024, max_concurrency=4)
+DOWNLOAD_CHUNK_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -185,10 +186,20 @@ class JobRunner:
 
     def _download(self, job: ResolvedJob, path: Path, report: JobReport) -> None:
         video = job.request.video
-        extra = {"IfMatch": f'"{job.etag}"'} if job.etag else None
+        # If-Match pins the object version the job id was derived from: if the object is
+        # replaced mid-job, the GET fails (412) and the retry resolves the new version.
+        condition = {"IfMatch": f'"{job.etag}"'} if job.etag else {}
 
         def fetch() -> None:
-            self.s3.download_file(video.bucket, video.key, str(path), ExtraArgs=extra, Config=TRANSFER)
+            body = self.s3.get_object(Bucket=video.bucket, Key=video.key, **condition)["Body"]
+            try:
+                with path.open("wb") as out:
+                    for chunk in body.iter_chunks(DOWNLOAD_CHUNK_BYTES):
+                        out.write(chunk)
+                        if self.cancelled():
+                            raise JobCancelled("shutdown: job handed back during download")
+            finally:
+                body.close()
 
         def failed(_: TransientJobError) -> None:
             report.download_failures += 1

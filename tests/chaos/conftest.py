@@ -1,0 +1,89 @@
+"""Chaos fixtures: versioned output buckets (to count writes) and per-test model servers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from framescale import aws, results
+from framescale.local import stack as local_stack
+from framescale.local.videos import SyntheticVideo, write_synthetic_video
+from framescale.worker.sampling import expected_sample_count
+from tests.support import read_lines, read_summary, unique, upload, wait_for
+
+
+def chaos_stack(name: str, *, max_receive_count: int = 10) -> local_stack.LocalStack:
+    """A stack whose output bucket is versioned, so every write of a result is counted."""
+    stack = local_stack.provision(unique(name), max_receive_count=max_receive_count)
+    aws.client("s3").put_bucket_versioning(Bucket=stack.output_bucket, VersioningConfiguration={"Status": "Enabled"})
+    return stack
+
+
+def summary_versions(stack: local_stack.LocalStack, job_id: str) -> int:
+    key = f"results/{job_id}/{results.SUMMARY_FILE}"
+    listing = aws.client("s3").list_object_versions(Bucket=stack.output_bucket, Prefix=key)
+    return sum(1 for version in listing.get("Versions", []) if version["Key"] == key)
+
+
+def assert_exactly_once(
+    stack: local_stack.LocalStack, jobs: dict[str, tuple[SyntheticVideo, float]], timeout: float = 180
+) -> None:
+    """Every job has one complete result set (summary written once, all lines) and no message is left."""
+    for job_id, (video, sample_fps) in jobs.items():
+        summary = wait_for(lambda j=job_id: read_summary(stack, j), timeout=timeout, what=f"summary of {job_id}")
+        assert summary["status"] == "succeeded"
+        lines = read_lines(stack, job_id)
+        assert [line["frame"] for line in lines] == sorted({line["frame"] for line in lines}), job_id
+        assert (
+            len(lines)
+            == expected_sample_count(video.frame_count, video.fps, sample_fps)
+            == summary["frames"]["sampled"]
+        )
+        assert summary_versions(stack, job_id) == 1, f"{job_id}: summary written more than once"
+    sqs = aws.client("sqs")
+    assert wait_for(lambda: local_stack.queue_depth(sqs, stack.queue_url) == (0, 0), timeout=60, what="queue drained")
+    assert local_stack.queue_depth(sqs, stack.dead_letter_queue_url) == (0, 0), "a job reached the dead-letter queue"
+
+
+@pytest.fixture
+def make_jobs(tmp_path: Path) -> Any:
+    def make(
+        stack: local_stack.LocalStack,
+        count: int,
+        *,
+        frames: int = 40,
+        fps: float = 10.0,
+        sample_fps: float = 10.0,
+        width: int = 320,
+        height: int = 240,
+    ) -> dict[str, tuple[SyntheticVideo, float]]:
+        jobs = {}
+        for number in range(count):
+            video = write_synthetic_video(
+                tmp_path / f"v{number}.mp4", width=width, height=height, fps=fps, frame_count=frames, seed=number
+            )
+            jobs[f"job-{number}"] = (video, sample_fps)
+            url = upload(stack, video.path)
+            aws.client("sqs").send_message(
+                QueueUrl=stack.queue_url,
+                MessageBody=f'{{"video": "{url}", "job_id": "job-{number}", "sample_fps": {sample_fps}}}',
+            )
+        return jobs
+
+    return make
+
+
+@pytest.fixture
+def own_model_server(models_dir: Path, tmp_path: Path) -> Iterator[Any]:
+    """A model server this test may stop and restart (the session one must stay up)."""
+    from framescale.local.model_server import ModelServerProcess
+
+    server = ModelServerProcess(models_dir, log_path=tmp_path / "own-model-server.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
