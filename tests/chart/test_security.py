@@ -1,0 +1,251 @@
+"""Secure defaults on the rendered output: locked-down containers, least-privilege RBAC, tokens
+only where the Kubernetes API is called, NetworkPolicies, resources and probes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.chart.conftest import RELEASE, Helm, Rendered, pod_containers, render
+
+pytestmark = pytest.mark.chart
+
+TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def effective_seccomp(pod: dict[str, Any], container: dict[str, Any]) -> str | None:
+    profile = container.get("securityContext", {}).get("seccompProfile") or pod.get("securityContext", {}).get(
+        "seccompProfile"
+    )
+    return profile["type"] if profile else None
+
+
+def test_every_container_is_locked_down(rendered: Rendered) -> None:
+    checked = 0
+    for workload in rendered.workloads():
+        pod = workload["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+        for _, container in pod_containers(workload):
+            where = f"{workload['kind']}/{workload['metadata']['name']} container {container['name']}"
+            context = container.get("securityContext")
+            assert context, f"{where}: no securityContext"
+            assert context.get("runAsNonRoot") is True, where
+            assert context.get("runAsUser", pod["securityContext"].get("runAsUser")) not in (None, 0), where
+            assert context.get("readOnlyRootFilesystem") is True, where
+            assert context.get("allowPrivilegeEscalation") is False, where
+            assert context.get("privileged") is not True, where
+            assert context.get("capabilities", {}).get("drop") == ["ALL"], where
+            assert not context.get("capabilities", {}).get("add"), where
+            assert effective_seccomp(pod, container) == "RuntimeDefault", where
+            checked += 1
+    assert checked >= 1
+
+
+def test_every_container_has_requests_and_limits(rendered: Rendered) -> None:
+    for workload in rendered.workloads():
+        for _, container in pod_containers(workload):
+            resources = container.get("resources", {})
+            for section in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(resources.get(section, {})), (
+                    f"{workload['metadata']['name']}/{container['name']}: {section} {resources.get(section)}"
+                )
+
+
+def test_writable_paths_are_emptydirs_with_size_limits(rendered: Rendered) -> None:
+    for workload in rendered.workloads():
+        pod = workload["spec"]["template"]["spec"]
+        for volume in pod.get("volumes", []):
+            if "emptyDir" in volume:
+                assert volume["emptyDir"].get("sizeLimit"), f"{workload['metadata']['name']}: {volume['name']}"
+        for _, container in pod_containers(workload):
+            mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
+            assert "/tmp" in mounts, f"{container['name']} has no writable /tmp on a read-only root"
+
+
+def rbac_rules(rendered: Rendered) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (f"{doc['kind']}/{doc['metadata']['name']}", rule)
+        for doc in rendered.docs
+        if doc["kind"] in {"Role", "ClusterRole"}
+        for rule in doc.get("rules", [])
+    ]
+
+
+def test_no_rbac_wildcards(rendered: Rendered) -> None:
+    rules = rbac_rules(rendered)
+    assert rules
+    for name, rule in rules:
+        for field in ("apiGroups", "resources", "verbs", "resourceNames"):
+            assert all("*" not in item for item in rule.get(field, [])), f"{name}: wildcard in {field}: {rule}"
+        assert "nonResourceURLs" not in rule, name
+        assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), f"{name}: {rule}"
+    for doc in rendered.of_kind("ClusterRole") + rendered.of_kind("Role"):
+        assert "aggregationRule" not in doc
+
+
+def rules_as_set(role: dict[str, Any]) -> set[tuple[str, str, str]]:
+    return {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def test_operator_rbac_is_exactly_what_it_uses(helm: Helm) -> None:
+    rendered = render(helm, "eks-gpu")
+    name = f"{RELEASE}-framescale-operator"
+    assert rules_as_set(rendered.one("ClusterRole", f"{name}-cluster")) == {
+        ("", "nodes", "list"),  # kopf's index of Nodes
+        ("", "nodes", "watch"),
+        ("", "nodes", "patch"),  # the scale-down annotations
+        ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
+        ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
+    }
+    assert rules_as_set(rendered.one("ClusterRole", name)) == {
+        ("framescale.io", "videopipelines", "list"),
+        ("framescale.io", "videopipelines", "watch"),
+        ("framescale.io", "videopipelines", "patch"),
+        ("framescale.io", "videopipelines/status", "patch"),
+        ("coordination.k8s.io", "leases", "list"),
+        ("coordination.k8s.io", "leases", "watch"),
+        ("", "events", "create"),
+    }
+    # Watching every namespace: both roles bound cluster-wide, to the operator's ServiceAccount.
+    for binding in rendered.of_kind("ClusterRoleBinding"):
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name, "namespace": "framescale"}]
+    assert {b["roleRef"]["name"] for b in rendered.of_kind("ClusterRoleBinding")} == {name, f"{name}-cluster"}
+
+
+def test_operator_limited_to_watched_namespaces(helm: Helm) -> None:
+    rendered = render(helm, "eks-cpu")
+    name = f"{RELEASE}-framescale-operator"
+    assert [b["roleRef"]["name"] for b in rendered.of_kind("ClusterRoleBinding")] == [f"{name}-cluster"]
+    bindings = [b for b in rendered.of_kind("RoleBinding") if b["roleRef"]["name"] == name]
+    assert [(b["metadata"]["namespace"], b["roleRef"]["kind"]) for b in bindings] == [("video", "ClusterRole")]
+    # kopf lists namespaces to resolve the ones it is given.
+    assert ("", "namespaces", "list") in rules_as_set(rendered.one("ClusterRole", f"{name}-cluster"))
+
+
+def test_lease_namespace_is_served_and_written_there(helm: Helm) -> None:
+    rendered = render(helm, "eks-cpu", "--set", "operator.leaseNamespace=leases")
+    name = f"{RELEASE}-framescale-operator"
+    bound = sorted(b["metadata"]["namespace"] for b in rendered.of_kind("RoleBinding") if b["roleRef"]["name"] == name)
+    assert bound == ["leases", "video"], "the operator watches the lease namespace as well"
+    worker_roles = [
+        r for r in rendered.of_kind("Role") if r["metadata"]["labels"]["app.kubernetes.io/component"] == "worker"
+    ]
+    assert {r["metadata"]["namespace"] for r in worker_roles} == {"leases"}
+    for daemonset in rendered.of_kind("DaemonSet"):
+        worker = daemonset["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e.get("value") for e in worker["env"]}
+        assert env["FRAMESCALE_WORKER_NAMESPACE"] == "leases"
+
+
+def test_worker_role_allows_only_leases(rendered_pipelines: Rendered) -> None:
+    roles = [
+        r
+        for r in rendered_pipelines.of_kind("Role")
+        if r["metadata"]["labels"]["app.kubernetes.io/component"] == "worker"
+    ]
+    assert len(roles) == len(rendered_pipelines.values["pipelines"])
+    for role in roles:
+        assert role["rules"] == [
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}
+        ]
+    service_accounts = {
+        ds["spec"]["template"]["spec"]["serviceAccountName"] for ds in rendered_pipelines.of_kind("DaemonSet")
+    }
+    bound = {
+        subject["name"]
+        for binding in rendered_pipelines.of_kind("RoleBinding")
+        if binding["roleRef"]["name"] in {r["metadata"]["name"] for r in roles}
+        for subject in binding["subjects"]
+    }
+    assert bound == service_accounts
+    # Workers never get a cluster-wide binding.
+    for binding in rendered_pipelines.of_kind("ClusterRoleBinding"):
+        assert not {s["name"] for s in binding["subjects"]} & service_accounts
+
+
+def test_service_account_tokens_only_where_the_api_is_called(rendered: Rendered) -> None:
+    for account in rendered.of_kind("ServiceAccount"):
+        assert account["automountServiceAccountToken"] is False, account["metadata"]["name"]
+    operator = rendered.of_kind("Deployment")[0]["spec"]["template"]["spec"]
+    assert operator["automountServiceAccountToken"] is True  # its one container calls the API
+    for daemonset in rendered.of_kind("DaemonSet"):
+        pod = daemonset["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is False
+        for _, container in pod_containers(daemonset):
+            mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
+            has_token = TOKEN_PATH in mounts
+            assert has_token == (container["name"] == "worker"), f"{container['name']}: token mounted {has_token}"
+        (token_volume,) = [v for v in pod["volumes"] if v["name"] == "kube-api-access"]
+        sources = token_volume["projected"]["sources"]
+        assert sources[0]["serviceAccountToken"]["path"] == "token"
+        # The IRSA webhook must not hand TF Serving an AWS token either.
+        annotations = daemonset["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["eks.amazonaws.com/skip-containers"] == "tf-serving"
+
+
+def selected_by(policy: dict[str, Any], labels: dict[str, str]) -> bool:
+    wanted = policy["spec"]["podSelector"].get("matchLabels", {})
+    return all(labels.get(key) == value for key, value in wanted.items())
+
+
+def test_network_policies_cover_every_pod(rendered: Rendered) -> None:
+    policies = rendered.of_kind("NetworkPolicy")
+    for workload in rendered.workloads():
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        matching = [p for p in policies if selected_by(p, labels)]
+        assert len(matching) == 1, f"{workload['metadata']['name']}: {len(matching)} policies"
+        policy = matching[0]["spec"]
+        assert policy["policyTypes"] == ["Ingress", "Egress"]
+        ports = {port["containerPort"] for _, c in pod_containers(workload) for port in c.get("ports", [])}
+        allowed_in = {port["port"] for rule in policy["ingress"] for port in rule["ports"]}
+        # Only the metrics port: never TF Serving's gRPC or REST port.
+        assert len(allowed_in) == 1 and allowed_in <= ports, f"{workload['metadata']['name']}: {allowed_in}"
+        assert not allowed_in & {8500, 8501}
+        egress_ports = {(p["port"], p.get("protocol", "TCP")) for rule in policy["egress"] for p in rule["ports"]}
+        assert {(53, "UDP"), (53, "TCP"), (443, "TCP")} <= egress_ports
+
+
+def test_network_policy_switch(helm: Helm) -> None:
+    assert not render(helm, "eks-gpu", "--set", "networkPolicy.enabled=false").of_kind("NetworkPolicy")
+
+
+def http_probe(container: dict[str, Any], probe: str) -> tuple[str, int]:
+    spec = container[probe]["httpGet"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    port = spec["port"]
+    return spec["path"], ports.get(port, port)
+
+
+def test_probes_reach_the_health_endpoints(rendered: Rendered) -> None:
+    operator = rendered.of_kind("Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert http_probe(operator, probe) == ("/healthz", 8080)
+    env = {e["name"]: e.get("value") for e in operator["env"]}
+    assert env["FRAMESCALE_OPERATOR_HEALTH_PORT"] == "8080"
+    assert env["FRAMESCALE_OPERATOR_METRICS_PORT"] == "9090"
+    for daemonset in rendered.of_kind("DaemonSet"):
+        containers = dict((c["name"], c) for _, c in pod_containers(daemonset))
+        worker = containers["worker"]
+        port = int({e["name"]: e.get("value") for e in worker["env"]}["FRAMESCALE_WORKER_HEALTH_PORT"])
+        assert http_probe(worker, "livenessProbe") == ("/healthz", port)
+        assert http_probe(worker, "readinessProbe") == ("/readyz", port)
+        serving = containers["tf-serving"]
+        model = next(a for a in serving["args"] if a.startswith("--model_name=")).split("=", 1)[1]
+        assert http_probe(serving, "startupProbe")[0] == f"/v1/models/{model}"
+        assert serving["livenessProbe"]["tcpSocket"]["port"] == "grpc"
+
+
+def test_operator_is_leader_safe(rendered: Rendered) -> None:
+    (deployment,) = rendered.of_kind("Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["FRAMESCALE_OPERATOR_STANDALONE"] == "true"
