@@ -36,7 +36,7 @@ $(DEPS_STAMP): pyproject.toml | $(PY)
 .PHONY: setup
 setup: $(DEPS_STAMP) $(MODELS_STAMP) ## Create the virtualenv, install packages, export the models
 
-$(MODELS_STAMP): $(DEPS_STAMP) services/framescale/modelserver/export.py
+$(MODELS_STAMP): $(DEPS_STAMP) services/framescale/modelserver/export.py services/framescale/modelserver/detectors.py services/framescale/synthetic.py
 	$(PY) -m framescale.modelserver.export --out $(MODELS_DIR)
 	@touch $@
 
@@ -61,6 +61,14 @@ test: setup helm ## Run the whole test suite (unit, integration, e2e, chaos, ope
 test-unit: $(DEPS_STAMP) ## Run the unit tests only
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
+.PHONY: test-operator
+test-operator: $(DEPS_STAMP) ## Run the operator's unit and integration tests (kopf against the API emulator)
+	$(BIN)/pytest tests/unit/operator tests/integration/operator $(PYTEST_ARGS)
+
+.PHONY: crd
+crd: $(DEPS_STAMP) ## Regenerate the VideoPipeline CRD (charts/framescale/files/) from the operator's models
+	$(PY) -m framescale_operator.crd --write
+
 .PHONY: bench
 bench: setup ## Run the benchmarks and the capacity simulator (bench/results/latest.json)
 	$(PY) -m bench.run --models $(MODELS_DIR) --out bench/results/latest.json
@@ -71,6 +79,7 @@ lint: $(DEPS_STAMP) ## Report problems (ruff, mypy, import contracts); changes n
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(PY) -m framescale_operator.crd --check
 
 .PHONY: format
 format: $(DEPS_STAMP) ## Fix what ruff can fix and format the code

@@ -8,7 +8,7 @@ configure: boto3 reads the standard ``AWS_ENDPOINT_URL`` itself.
 from __future__ import annotations
 
 import re
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -53,7 +53,7 @@ def describe_validation_error(cls: type[BaseSettings], error: ValidationError) -
     return "\n".join(lines)
 
 
-def load_settings(cls: type[S], **overrides: object) -> S:
+def load_settings(cls: type[S], **overrides: Any) -> S:
     """Build ``cls`` from the environment (plus explicit overrides) or exit with a clear message."""
     try:
         return cls(**overrides)

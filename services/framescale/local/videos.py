@@ -113,8 +113,8 @@ def real_photographs() -> list[tuple[str, np.ndarray]]:
     from skimage import data
 
     photos = [("astronaut", cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))]
-    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as handle:
-        buffer = np.frombuffer(handle.read(), dtype=np.uint8)
+    sample = Path(str(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))
+    buffer = np.frombuffer(sample.read_bytes(), dtype=np.uint8)
     photos.append(("grace_hopper", cv2.imdecode(buffer, cv2.IMREAD_COLOR)))
     photos.append(("cameraman", cv2.cvtColor(data.camera(), cv2.COLOR_GRAY2BGR)))
     return photos

@@ -93,8 +93,7 @@ def from_tensor_proto(proto: pb.TensorProto) -> np.ndarray:
         raise TensorCodecError(f"tensor shape {list(shape)} has a negative dimension")
     count = int(np.prod(shape, dtype=np.int64)) if shape else 1
     if proto.dtype == pb.DT_STRING:
-        values = list(proto.string_val)
-        return _fill(np.array(values, dtype=object), shape, count, "string_val")
+        return _fill(np.array(list(proto.string_val), dtype=object), shape, count, "string_val")
     dtype = numpy_dtype(proto.dtype)
     if proto.tensor_content:
         expected = count * dtype.itemsize
@@ -107,10 +106,10 @@ def from_tensor_proto(proto: pb.TensorProto) -> np.ndarray:
     field = _VALUE_FIELD[proto.dtype]
     raw = getattr(proto, field)
     if proto.dtype == pb.DT_HALF:
-        values = np.array(list(raw), dtype=np.uint16).view(np.float16)
+        typed = np.array(list(raw), dtype=np.uint16).view(np.float16)
     else:
-        values = np.array(list(raw), dtype=dtype)
-    return _fill(values, shape, count, field)
+        typed = np.array(list(raw), dtype=dtype)
+    return _fill(typed, shape, count, field)
 
 
 def _fill(values: np.ndarray, shape: tuple[int, ...], count: int, field: str) -> np.ndarray:

@@ -1,7 +1,7 @@
 """The busy-node Lease: held and renewed while this node has jobs, left to lapse when idle.
 
 The Lease contract lives in framescale.busy_lease (shared with the operator). The worker
-needs only get/create/replace on Leases in its own namespace.
+needs only create and patch on Leases in its own namespace.
 """
 
 from __future__ import annotations
@@ -114,12 +114,12 @@ class BusyLease:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            current = self.api.read_namespaced_lease(self.name, self.namespace)
+            # A merge patch: no read-modify-write race, and only Lease get/create/patch needed.
+            self.api.patch_namespaced_lease(
+                self.name, self.namespace, body, _content_type="application/merge-patch+json"
+            )
         except ApiException as error:
             if error.status != 404:
                 raise
             self.api.create_namespaced_lease(self.namespace, body)
-        else:
-            body["metadata"]["resourceVersion"] = current.metadata.resource_version
-            self.api.replace_namespaced_lease(self.name, self.namespace, body)
         self.writes += 1

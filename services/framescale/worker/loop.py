@@ -25,6 +25,9 @@ from framescale.worker.settings import WorkerSettings
 log = logging.getLogger(__name__)
 
 EventSink = Callable[[dict[str, Any]], None]
+# While the model is available, re-check it at most this often (a check is one RPC).
+READY_CACHE_SECONDS = 10.0
+MODEL_WAIT_SECONDS = 1.0
 
 
 @dataclass
@@ -61,13 +64,35 @@ class SlotWorker:
         self.notifier = Notifier(sns, settings.success_topic_arn, settings.error_topic_arn)
         self.runner = JobRunner(settings, s3, model, cancelled=self.cancel.is_set)
         self.in_job = False
+        self._ready_checked = -READY_CACHE_SECONDS
+        self._ready_logged = -60.0
 
     # ------------------------------------------------------------------ loop
 
     def run(self) -> None:
         while not self.stopping.is_set():
+            # Take no job the model server cannot serve yet (it may still be loading the
+            # model): the message would only come back later.
+            if not self.model_ready():
+                self.stopping.wait(MODEL_WAIT_SECONDS)
+                continue
             for message in self.receive():
                 self.handle(message)
+
+    def model_ready(self) -> bool:
+        now = time.monotonic()
+        if now - self._ready_checked < READY_CACHE_SECONDS:
+            return True
+        if self.runner.model.ready():
+            self._ready_checked = now
+            return True
+        if now - self._ready_logged > 30:
+            log.warning(
+                "model not available yet; not taking jobs",
+                extra={"model": self.settings.model_name, "model_server": self.settings.model_server},
+            )
+            self._ready_logged = now
+        return False
 
     def receive(self) -> list[dict[str, Any]]:
         try:

@@ -1,0 +1,228 @@
+"""kopf wiring, and nothing else: each handler hands typed values to ``reconcile``.
+
+* start-up: settings, AWS and Kubernetes clients, the metrics endpoint, kopf's settings;
+  clean-up closes them.
+* indexes of the framescale busy Leases and of the Nodes (kept current by kopf's watches);
+  a Lease event that flips busy/idle wakes the pipelines at their next tick.
+* a 1-second timer per VideoPipeline that runs a reconcile pass when one is due (its own
+  poll interval, a spec change, a busy Lease change or expiry) and writes ``status``.
+* deletion releases every protection the pipeline holds (hence a finalizer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from framescale import busy_lease, names
+from framescale_operator import metrics, protection, reconcile, scheduling
+from framescale_operator.aws_actuators import AwsActuator, AwsError, AwsRetryable
+from framescale_operator.kube import KubeError, KubeRetryable, NodeAnnotator
+from framescale_operator.settings import OperatorSettings, load
+
+log = logging.getLogger(__name__)
+
+TICK_SECONDS = 1.0
+FINALIZER = "framescale.io/operator"
+LEASE_LABELS = {names.LEASE_COMPONENT_LABEL: names.LEASE_COMPONENT_VALUE}
+RESOURCE = (names.GROUP, names.VERSION, names.PLURAL)
+
+
+@kopf.on.startup()
+def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    config: OperatorSettings = memo.get("settings") or load()
+    memo.settings = config
+    # Progress and the last-handled spec live in annotations, so status stays ours and typed.
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="framescale.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="framescale.io", key="last-handled-configuration"
+    )
+    # Our own Events are posted explicitly; kopf's log lines become Events only when they warn.
+    settings.posting.level = logging.WARNING
+    settings.networking.error_backoffs = [1, 2, 5, 10]
+    memo.lease_watch = scheduling.LeaseWatch()
+    memo.aws = AwsActuator(max_attempts=config.aws_max_attempts)
+    memo.nodes_api = NodeAnnotator()
+    memo.metrics_server = None
+    if config.metrics_port:
+        memo.metrics_server = metrics.serve(config.metrics_host, config.metrics_port)
+    log.info(
+        "framescale operator started",
+        extra={"metrics_port": config.metrics_port, "lease_namespace": config.lease_namespace or "(pipeline's)"},
+    )
+
+
+@kopf.on.cleanup()
+def stop(memo: kopf.Memo, **_: Any) -> None:
+    for key in ("aws", "nodes_api"):
+        resource = memo.get(key)
+        if resource is not None:
+            resource.close()
+    server = memo.get("metrics_server")
+    if server is not None:
+        server.shutdown()
+        server.server_close()
+    log.info("framescale operator stopped")
+
+
+@kopf.on.probe(id="busyLeaseChanges")
+def probe(memo: kopf.Memo, **_: Any) -> int:
+    """Shown in the liveness endpoint's body: how many busy/idle flips the operator has seen."""
+    watch: scheduling.LeaseWatch | None = memo.get("lease_watch")
+    return watch.epoch if watch is not None else 0
+
+
+@kopf.index("coordination.k8s.io", "v1", "leases", labels=LEASE_LABELS)
+def busy_leases(body: kopf.Body, namespace: str | None, **_: Any) -> dict[str, dict[str, Any]]:
+    """Lease namespace -> plain copies of its framescale busy Leases."""
+    metadata = body.get("metadata", {})
+    return {
+        namespace or "": {
+            "metadata": {
+                "name": metadata.get("name"),
+                "namespace": namespace,
+                "labels": dict(metadata.get("labels") or {}),
+                "annotations": dict(metadata.get("annotations") or {}),
+            },
+            "spec": dict(body.get("spec") or {}),
+        }
+    }
+
+
+@kopf.on.event("coordination.k8s.io", "v1", "leases", labels=LEASE_LABELS)
+def lease_changed(
+    type: str | None, body: kopf.Body, name: str | None, namespace: str | None, memo: kopf.Memo, **_: Any
+) -> None:
+    watch: scheduling.LeaseWatch | None = memo.get("lease_watch")
+    if watch is None:
+        return
+    busy: bool | None = None
+    if type != "DELETED":
+        view = busy_lease.read_lease(dict(body), datetime.now(UTC))
+        busy = bool(view and view.busy)
+    watch.observe(namespace or "", name or "", busy)
+
+
+@kopf.index("v1", "nodes")
+def nodes(body: kopf.Body, name: str | None, **_: Any) -> dict[str, protection.NodeRecord]:
+    return {name or "": protection.NodeRecord.from_body(body)}
+
+
+def _lease_namespace(config: OperatorSettings, namespace: str) -> str:
+    return config.lease_namespace or namespace
+
+
+def _nodes_snapshot(index: kopf.Index[str, protection.NodeRecord]) -> dict[str, protection.NodeRecord]:
+    return {key: record for key, store in index.items() for record in store}
+
+
+@kopf.timer(*RESOURCE, id="reconcile", interval=TICK_SECONDS)
+async def tick(
+    *,
+    body: kopf.Body,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    meta: kopf.Meta,
+    name: str,
+    namespace: str | None,
+    patch: kopf.Patch,
+    memo: kopf.Memo,
+    **kwargs: Any,
+) -> None:
+    # kopf injects the indexes by their function names.
+    busy_leases: kopf.Index[str, dict[str, Any]] = kwargs["busy_leases"]
+    nodes: kopf.Index[str, protection.NodeRecord] = kwargs["nodes"]
+    namespace = namespace or ""
+    config: OperatorSettings = memo.settings
+    watch: scheduling.LeaseWatch = memo.lease_watch
+    clock: scheduling.PipelineClock = memo.setdefault("clock", scheduling.PipelineClock())
+    monotonic, now = time.monotonic(), datetime.now(UTC)
+    generation = meta.get("generation")
+    poll = (spec.get("autoscaling") or {}).get("pollIntervalSeconds") or config.default_poll_interval_seconds
+    if isinstance(poll, bool) or not isinstance(poll, int | float) or poll <= 0:
+        poll = config.default_poll_interval_seconds  # an invalid spec is reported by the pass below
+    epoch = watch.epoch
+    why = clock.due(monotonic=monotonic, now=now, poll_interval=poll, generation=generation, lease_epoch=epoch)
+    if why is None:
+        return
+    audit = clock.audit_due(monotonic=monotonic, audit_interval=config.protection_resync_seconds)
+
+    ref = reconcile.PipelineRef(namespace=namespace, name=name)
+    snapshot = reconcile.Snapshot(
+        spec=copy.deepcopy(dict(spec)),  # the pass runs in a thread; kopf may update the live body
+        status=copy.deepcopy(dict(status)),
+        generation=generation,
+        leases=list(busy_leases.get(_lease_namespace(config, namespace), [])),
+        nodes=_nodes_snapshot(nodes),
+        now=now,
+        audit=audit,
+    )
+    started = time.monotonic()
+    outcome = await asyncio.to_thread(reconcile.reconcile, ref, snapshot, aws=memo.aws, nodes_api=memo.nodes_api)
+    metrics.record(ref, outcome, time.monotonic() - started)
+    clock.ran(
+        monotonic=monotonic,
+        generation=generation,
+        lease_epoch=epoch,
+        next_expiry=outcome.plan.next_expiry() if outcome.plan is not None else None,
+        audited=audit and outcome.plan is not None,
+    )
+    for key, value in outcome.status_patch.items():
+        patch.status[key] = value
+    for note in outcome.events:
+        kopf.event(body, type=note.type, reason=note.reason, message=note.message)
+    if outcome.status_patch or outcome.actions:
+        log.info(
+            "pass (%s): %s",
+            why,
+            "; ".join(outcome.actions) or "status updated",
+            extra=ref.log_extra(
+                backlog=outcome.depth.backlog if outcome.depth else None,
+                desired=outcome.decision.desired if outcome.decision else None,
+                reason=outcome.decision.reason.value if outcome.decision else None,
+            ),
+        )
+    if outcome.retry is None:
+        clock.failures = 0
+        return
+    # Throttled or in conflict after botocore's own retries: back off, doubling each time.
+    clock.failures += 1
+    raise kopf.TemporaryError(str(outcome.retry), delay=clock.backoff(config.temporary_error_delay_seconds))
+
+
+@kopf.on.delete(*RESOURCE, id="release")
+async def release(
+    *,
+    spec: kopf.Spec,
+    name: str,
+    namespace: str | None,
+    memo: kopf.Memo,
+    **kwargs: Any,
+) -> None:
+    nodes: kopf.Index[str, protection.NodeRecord] = kwargs["nodes"]
+    namespace = namespace or ""
+    config: OperatorSettings = memo.settings
+    ref = reconcile.PipelineRef(namespace=namespace, name=name)
+    try:
+        actions = await asyncio.to_thread(
+            reconcile.release,
+            ref,
+            copy.deepcopy(dict(spec)),
+            _nodes_snapshot(nodes),
+            aws=memo.aws,
+            nodes_api=memo.nodes_api,
+        )
+    except (AwsRetryable, KubeRetryable) as error:
+        delay = min(300.0, config.temporary_error_delay_seconds * 2 ** int(kwargs.get("retry") or 0))
+        raise kopf.TemporaryError(str(error), delay=delay) from error
+    except (AwsError, KubeError) as error:
+        raise kopf.PermanentError(f"could not release protection: {error}") from error
+    metrics.forget(ref)
+    log.info("released: %s", "; ".join(actions) or "nothing was protected", extra=ref.log_extra())

@@ -1,0 +1,71 @@
+"""The Kubernetes side the operator writes itself: Node annotations.
+
+kopf watches and patches the VideoPipelines, Leases and Nodes it is told about; setting
+annotations on a Node (not the object being handled) needs a client of our own. It is made
+once at start-up from the in-cluster service account or the current kubeconfig, the same
+way kopf logs in, and closed on clean-up.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Protocol
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
+
+MERGE_PATCH = "application/merge-patch+json"
+RETRYABLE_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
+
+
+class KubeError(Exception):
+    """A Kubernetes API call failed."""
+
+    def __init__(self, operation: str, status: int | None, message: str) -> None:
+        super().__init__(f"{operation}: HTTP {status}: {message}")
+        self.operation = operation
+        self.status = status
+
+
+class KubeRetryable(KubeError):
+    """A conflict, throttling or an unavailable API server: try again shortly."""
+
+
+class NodeApi(Protocol):
+    """What the reconciler needs from the Kubernetes API (a test hands in a fake)."""
+
+    def patch_node(self, name: str, patch: dict[str, Any]) -> None: ...
+
+
+def load_api_client() -> client.ApiClient:
+    """An API client from the in-cluster service account, else the current kubeconfig."""
+    configuration = client.Configuration()
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config(client_configuration=configuration)
+    else:
+        config.load_kube_config(client_configuration=configuration)
+    return client.ApiClient(configuration)
+
+
+class NodeAnnotator:
+    """``NodeApi`` over the official client: merge-patches a Node's metadata."""
+
+    def __init__(self, api_client: client.ApiClient | None = None) -> None:
+        self.api_client = api_client or load_api_client()
+        self.core = client.CoreV1Api(self.api_client)
+
+    def close(self) -> None:
+        self.api_client.close()
+
+    def patch_node(self, name: str, patch: dict[str, Any]) -> None:
+        try:
+            self.core.patch_node(name, patch, _content_type=MERGE_PATCH)
+        except ApiException as error:
+            if error.status == 404:
+                return  # the node is gone: nothing left to annotate
+            if error.status in RETRYABLE_STATUSES:
+                raise KubeRetryable("PatchNode", error.status, str(error.reason)) from error
+            raise KubeError("PatchNode", error.status, str(error.reason)) from error
+        except HTTPError as error:
+            raise KubeRetryable("PatchNode", None, str(error)) from error

@@ -1,0 +1,99 @@
+"""The operator's settings: every ``FRAMESCALE_OPERATOR_*`` environment variable, validated at start.
+
+The Helm chart maps its values to these variables; this class is the list of what exists.
+AWS endpoints and credentials are not here: boto3 reads ``AWS_ENDPOINT_URL``, ``AWS_REGION``
+and its credential chain itself.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from framescale.settings import ComponentSettings, load_settings
+
+ENV_PREFIX = "FRAMESCALE_OPERATOR_"
+
+
+class OperatorSettings(ComponentSettings):
+    """Settings of the VideoPipeline operator (environment prefix ``FRAMESCALE_OPERATOR_``)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX)
+
+    namespaces: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Namespaces whose VideoPipelines the operator watches, comma-separated. "
+            "Empty: every namespace (needs cluster-wide RBAC)."
+        ),
+    )
+    lease_namespace: str = Field(
+        default="",
+        description=(
+            "Namespace where workers write their busy-node Leases. Empty: each VideoPipeline's own namespace."
+        ),
+    )
+    default_poll_interval_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        le=3600,
+        description="Queue poll interval for pipelines that do not set spec.autoscaling.pollIntervalSeconds.",
+    )
+    protection_resync_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description=(
+            "How often busy-node protection is reconciled in full, on top of reacting to Lease events "
+            "(heals missed events and expired Leases)."
+        ),
+    )
+    health_port: int = Field(default=8080, ge=1, le=65535, description="Port of the liveness endpoint (GET /healthz).")
+    health_host: str = Field(default="0.0.0.0", description="Address the liveness endpoint listens on.")
+    metrics_port: int = Field(
+        default=9090, ge=0, le=65535, description="Port of the Prometheus endpoint (GET /metrics); 0 turns it off."
+    )
+    metrics_host: str = Field(default="0.0.0.0", description="Address the Prometheus endpoint listens on.")
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="Log lines as JSON objects (json) or human-readable text (text)."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Minimum level of log records that are written."
+    )
+    standalone: bool = Field(
+        default=True,
+        description=(
+            "Run without kopf peering (one operator replica). Set false only with the KopfPeering resources installed."
+        ),
+    )
+    aws_max_attempts: int = Field(
+        default=5,
+        ge=1,
+        le=20,
+        description="Attempts per AWS call (botocore standard retry mode, with backoff on throttling).",
+    )
+    temporary_error_delay_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="How long kopf waits before retrying after AWS throttling or a write conflict.",
+    )
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _split_namespaces(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
+def load() -> OperatorSettings:
+    """Settings from the environment, or exit with one line per bad variable."""
+    return load_settings(OperatorSettings)

@@ -1,0 +1,235 @@
+"""A Kubernetes API emulator for the operator's tests: kmock's, plus what kopf relies on.
+
+kmock 0.8's ``KubernetesEmulator`` keeps objects in memory and serves list, watch, get,
+create, merge/JSON patch and delete over real HTTP. This subclass adds what a real API
+server does and kopf depends on:
+
+* ``metadata.uid``, ``creationTimestamp`` and ``generation`` on create (and a name for
+  ``generateName``, which kopf's Events use);
+* a new ``metadata.resourceVersion`` on every write, carried by the watch event of that
+  write (kopf waits for the version its own patch produced);
+* ``generation`` + 1 when a write changes ``spec``; a write to ``/status`` changes only
+  ``status``;
+* a failed JSON-patch ``test`` (kopf's optimistic lock on finalizers) answers 422, and a
+  merge patch carrying a stale ``resourceVersion`` answers 409.
+
+The emulator runs on its own event loop in a background thread (``EmulatorThread``), so
+that a synchronous test and the operator in a child process both reach it over HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import itertools
+import secrets
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import attrs
+import jsonpatch
+import jsonpointer
+import kmock
+from kmock._internal import dicts, enums, rendering
+
+WRITES = (enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@attrs.define(kw_only=True)
+class KubeEmulator(kmock.KubernetesEmulator):
+    """kmock's emulator with resource versions, uids, generations and proper patch errors."""
+
+    _versions: Iterator[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
+    _last_version: int = attrs.field(default=0, init=False)
+    _write_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
+
+    def _next_version(self) -> str:
+        self._last_version = next(self._versions)
+        return str(self._last_version)
+
+    async def _handle(self, request: rendering.Request) -> Any:
+        if request.resource is None or request.action not in WRITES:
+            return await super()._handle(request)
+        async with self._write_lock:
+            self._stamp(request)
+            return await super()._handle(request)
+
+    def _stored(self, request: rendering.Request) -> kmock.Object | None:
+        key = (request.resource, request.namespace, request.name)
+        if key not in self._objects:
+            return None
+        stored = self._objects[key]
+        return None if stored.deleted else stored
+
+    def _stamp(self, request: rendering.Request) -> None:
+        if request.action == enums.action.CREATE:
+            self._stamp_create(request)
+        elif request.action == enums.action.UPDATE and request.name is not None:
+            self._stamp_update(request)
+        elif request.action == enums.action.DELETE and request.name is not None:
+            stored = self._stored(request)
+            if stored is not None:  # the DELETED/MODIFIED event carries a new version
+                stored.patch({"metadata": {"resourceVersion": self._next_version()}})
+
+    def _stamp_create(self, request: rendering.Request) -> None:
+        data = request.data
+        if not isinstance(data, dict):
+            raise kmock.KubernetesError(status=400, reason="BadRequest", message="the body must be an object")
+        metadata = data.setdefault("metadata", {})
+        if not metadata.get("name") and metadata.get("generateName"):
+            metadata["name"] = f"{metadata['generateName']}{secrets.token_hex(3)}"
+        if request.namespace and not metadata.get("namespace"):
+            metadata["namespace"] = request.namespace
+        metadata["uid"] = str(uuid.uuid4())
+        metadata["resourceVersion"] = self._next_version()
+        metadata["creationTimestamp"] = _now()
+        metadata["generation"] = 1
+        metadata.pop("deletionTimestamp", None)
+
+    def _stamp_update(self, request: rendering.Request) -> None:
+        stored = self._stored(request)
+        if stored is None:
+            return  # kmock answers 404
+        current = copy.deepcopy(stored.raw)
+        data = request.data
+        status_only = request.subresource == "status"
+        if isinstance(data, list):
+            try:
+                updated = jsonpatch.apply_patch(copy.deepcopy(current), data)
+            except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as error:
+                raise kmock.KubernetesError(status=422, reason="Invalid", message=str(error)) from error
+            extra = [{"op": "add", "path": "/metadata/resourceVersion", "value": self._next_version()}]
+            if not status_only and updated.get("spec") != current.get("spec"):
+                extra.append({"op": "add", "path": "/metadata/generation", "value": _generation(current) + 1})
+            data.extend(extra)
+            return
+        if not isinstance(data, dict):
+            raise kmock.KubernetesError(status=400, reason="BadRequest", message="unsupported patch body")
+        given = (data.get("metadata") or {}).get("resourceVersion")
+        if given is not None and str(given) != str(current.get("metadata", {}).get("resourceVersion")):
+            raise kmock.KubernetesError(
+                status=409, reason="Conflict", message="the object has been modified; please apply your changes"
+            )
+        if status_only:  # a status write changes nothing else
+            for key in list(data):
+                if key != "status":
+                    del data[key]
+        updated = dicts.patch_dict(current, data)
+        metadata = data.setdefault("metadata", {})
+        metadata["resourceVersion"] = self._next_version()
+        if not status_only and updated.get("spec") != current.get("spec"):
+            metadata["generation"] = _generation(current) + 1
+
+    async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
+        payload = await super()._serve_list(request)
+        if isinstance(payload, dict):
+            payload["metadata"] = {"resourceVersion": str(self._last_version)}
+        return payload
+
+
+def _generation(body: dict[str, Any]) -> int:
+    value = body.get("metadata", {}).get("generation")
+    return value if isinstance(value, int) else 1
+
+
+# What the emulator serves, as API discovery shows it.
+RESOURCES: dict[str, dict[str, Any]] = {
+    "framescale.io/v1alpha1/videopipelines": {
+        "namespaced": True,
+        "kind": "VideoPipeline",
+        "singular": "videopipeline",
+        "shortnames": {"vp"},
+        "verbs": {"get", "list", "watch", "create", "update", "patch", "delete"},
+        "subresources": {"status", "scale"},
+    },
+    "coordination.k8s.io/v1/leases": {
+        "namespaced": True,
+        "kind": "Lease",
+        "singular": "lease",
+        "verbs": {"get", "list", "watch", "create", "update", "patch", "delete"},
+    },
+    "v1/nodes": {
+        "namespaced": False,
+        "kind": "Node",
+        "singular": "node",
+        "verbs": {"get", "list", "watch", "create", "update", "patch", "delete"},
+    },
+    # kopf waits for these two to be discoverable even when it watches the whole cluster.
+    "v1/namespaces": {
+        "namespaced": False,
+        "kind": "Namespace",
+        "singular": "namespace",
+        "verbs": {"get", "list", "watch", "create", "delete"},
+    },
+    "apiextensions.k8s.io/v1/customresourcedefinitions": {
+        "namespaced": False,
+        "kind": "CustomResourceDefinition",
+        "singular": "customresourcedefinition",
+        "verbs": {"get", "list", "watch", "create", "delete"},
+    },
+    "v1/events": {
+        "namespaced": True,
+        "kind": "Event",
+        "singular": "event",
+        "verbs": {"get", "list", "watch", "create", "patch"},
+    },
+}
+
+
+class EmulatorThread:
+    """The emulator served over HTTP on 127.0.0.1 from a background event loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="kube-emulator", daemon=True)
+        self.emulator: KubeEmulator | None = None
+        self.server: kmock.Server | None = None
+
+    async def _start(self) -> None:
+        self.emulator = KubeEmulator()
+        for resource, info in RESOURCES.items():
+            self.emulator.resources[resource] = kmock.ResourceInfo(**info)
+        await self.emulator.__aenter__()
+        self.server = kmock.Server(self.emulator)
+        await self.server.__aenter__()
+
+    async def _stop(self) -> None:
+        if self.server is not None:
+            await self.server.__aexit__(None, None, None)
+        if self.emulator is not None:
+            await self.emulator.__aexit__(None, None, None)
+
+    def start(self) -> EmulatorThread:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(timeout=30)
+        return self
+
+    def stop(self) -> None:
+        try:
+            asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(timeout=30)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=10)
+            self.loop.close()
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None, "the emulator is not started"
+        return str(self.server.url).rstrip("/")
+
+    def server_errors(self) -> list[Exception]:
+        """What the emulator answered with a 5xx: a bug in it, or a request it does not understand."""
+        if self.emulator is None or not self.emulator.active:
+            return []
+        return [
+            error
+            for error in self.emulator.errors
+            if not (isinstance(error, kmock.KubernetesError) and error.status < 500)
+        ]

@@ -1,0 +1,56 @@
+"""What one pass exports to Prometheus."""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY
+
+from framescale_operator import metrics
+from framescale_operator.aws_actuators import GroupState, QueueDepth
+from framescale_operator.policy import Decision, Reason
+from framescale_operator.protection import GroupInstance, ProtectionPlan
+from framescale_operator.reconcile import Outcome, PipelineRef
+
+REF = PipelineRef(namespace="metrics-test", name="detector")
+LABELS = {"namespace": REF.namespace, "pipeline": REF.name}
+
+
+def value(name: str, **extra: str) -> float | None:
+    return REGISTRY.get_sample_value(name, {**LABELS, **extra})
+
+
+def outcome(*, visible: int, in_flight: int, in_service: int, desired: int, scaled_from: int | None) -> Outcome:
+    instances = tuple(GroupInstance(f"i-{n:017x}", "InService", False) for n in range(in_service))
+    return Outcome(
+        status={"conditions": [{"type": "Ready", "status": "True"}]},
+        status_patch={},
+        depth=QueueDepth(visible, in_flight),
+        group=GroupState(name="g", desired=scaled_from or desired, min_size=0, max_size=10, instances=instances),
+        decision=Decision(desired=desired, reason=Reason.SCALE_OUT, message="m", wanted=desired),
+        plan=ProtectionPlan(busy=()),
+        scaled_from=scaled_from,
+    )
+
+
+def test_backlog_metrics_follow_sagemaker_names() -> None:
+    before = value("framescale_scaling_events_total", direction="out") or 0.0
+    metrics.record(REF, outcome(visible=9, in_flight=3, in_service=0, desired=3, scaled_from=0), 0.01)
+    assert value("framescale_approximate_backlog_size") == 12
+    assert value("framescale_approximate_in_flight_size") == 3
+    assert value("framescale_approximate_backlog_size_per_instance") == 12
+    assert value("framescale_has_backlog_without_capacity") == 1
+    assert value("framescale_desired_replicas") == 3
+    assert value("framescale_current_replicas") == 0
+    assert value("framescale_protected_instances") == 0
+    assert value("framescale_scaling_events_total", direction="out") == before + 1
+
+    metrics.record(REF, outcome(visible=9, in_flight=3, in_service=3, desired=3, scaled_from=None), 0.01)
+    assert value("framescale_approximate_backlog_size_per_instance") == 4
+    assert value("framescale_has_backlog_without_capacity") == 0
+    assert value("framescale_scaling_events_total", direction="out") == before + 1
+
+
+def test_forget_drops_a_deleted_pipelines_series() -> None:
+    metrics.record(REF, outcome(visible=1, in_flight=0, in_service=1, desired=1, scaled_from=None), 0.01)
+    metrics.forget(REF)
+    assert value("framescale_approximate_backlog_size") is None
+    assert value("framescale_desired_replicas") is None
