@@ -23,7 +23,7 @@ from typing import Any
 
 from framescale import aws, results
 from framescale.local import stack as local_stack
-from framescale.local.annotate import annotate_best_frames
+from framescale.local.annotate import annotate_best_frames, contact_sheet
 from framescale.local.model_server import ModelServerProcess
 from framescale.local.moto_server import MotoServer
 from framescale.local.videos import write_photo_video, write_synthetic_video
@@ -235,11 +235,17 @@ def _report(videos: list[DemoVideo], pipelines: dict[str, Pipeline], out: Path, 
             f"{row['video']:<24}{row['model']:<11}{row['status']:<11}{row['resolution']:<10}"
             f"{row['frames_sampled']:>7}{row['frames_per_second']:>8}{row['latency_seconds']:>8.2f}s  {labels}"
         )
-    pictures: list[str] = []
+    for video in videos:  # the results as S3 holds them, for a look without AWS tools
+        if video.summary is not None:
+            folder = out / "results" / video.job_id
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / results.SUMMARY_FILE).write_text(json.dumps(video.summary, indent=2))
+            (folder / results.DETECTIONS_FILE).write_text("".join(json.dumps(line) + "\n" for line in video.lines))
+    pictures: list[Path] = []
     for video in videos:
         if video.lines:
-            written = annotate_best_frames(video.path, video.lines, out / "frames", Path(video.name).stem)
-            pictures.extend(str(path.relative_to(out)) for path in written)
+            pictures.extend(annotate_best_frames(video.path, video.lines, out / "frames", Path(video.name).stem))
+    sheet = contact_sheet(pictures, out / "detections.jpg")
     succeeded = sum(1 for row in rows if row["status"] == "succeeded")
     failed = sum(1 for row in rows if row["status"] == "failed")
     frames = sum(row["frames_sampled"] for row in rows)
@@ -253,7 +259,8 @@ def _report(videos: list[DemoVideo], pipelines: dict[str, Pipeline], out: Path, 
         "detections": sum(row["detections"] for row in rows),
         "wall_seconds": round(wall, 2),
         "per_video": rows,
-        "annotated_frames": pictures,
+        "annotated_frames": [str(path.relative_to(out)) for path in pictures],
+        "contact_sheet": str(sheet.relative_to(out)) if sheet else None,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print()
@@ -261,7 +268,8 @@ def _report(videos: list[DemoVideo], pipelines: dict[str, Pipeline], out: Path, 
         f"{succeeded}/{len(rows)} videos succeeded, {failed} failed; {frames} frames sampled; "
         f"{summary['detections']} detections; {wall:.1f}s wall time including start-up"
     )
-    print(f"summary: {out / 'summary.json'}   pictures: {out / 'frames'}/   logs: {out / 'logs'}/")
+    print(f"summary: {out / 'summary.json'}   pictures: {out / 'detections.jpg'} and {out / 'frames'}/")
+    print(f"results as S3 holds them: {out / 'results'}/   logs: {out / 'logs'}/")
     return 0 if succeeded == len(rows) else 1
 
 

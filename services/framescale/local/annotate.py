@@ -45,11 +45,16 @@ def draw(frame: np.ndarray, detections: list[dict[str, Any]]) -> np.ndarray:
 def annotate_best_frames(
     video: Path, lines: list[dict[str, Any]], out_dir: Path, stem: str, count: int = 3
 ) -> list[Path]:
-    """Draw the ``count`` sampled frames with the most detections; returns the JPEG paths."""
-    ranked = sorted(lines, key=lambda line: (-len(line["detections"]), line["frame"]))[:count]
+    """Draw ``count`` frames spread over the video, among those with detections; returns the JPEG paths."""
+    with_detections = [line for line in lines if line["detections"]] or lines
+    if len(with_detections) <= count:
+        chosen = with_detections
+    else:  # first, last and evenly between: the whole video, not its first seconds
+        step = (len(with_detections) - 1) / (count - 1) if count > 1 else 0
+        chosen = [with_detections[round(i * step)] for i in range(count)]
     written = []
     out_dir.mkdir(parents=True, exist_ok=True)
-    for line in sorted(ranked, key=lambda line: line["frame"]):
+    for line in chosen:
         frame = read_frame(video, int(line["frame"]))
         if frame is None:
             continue
@@ -57,3 +62,24 @@ def annotate_best_frames(
         cv2.imwrite(str(path), draw(frame, line["detections"]), [cv2.IMWRITE_JPEG_QUALITY, 88])
         written.append(path)
     return written
+
+
+def contact_sheet(paths: list[Path], out: Path, *, columns: int = 3, cell_width: int = 400) -> Path | None:
+    """One JPEG with every annotated frame in a grid, so a glance shows what the run found."""
+    images = [image for image in (cv2.imread(str(path)) for path in paths) if image is not None]
+    if not images:
+        return None
+    cell_height = round(cell_width * 3 / 4)
+    cells = []
+    for image in images:
+        scale = min(cell_width / image.shape[1], cell_height / image.shape[0])
+        resized = cv2.resize(image, (round(image.shape[1] * scale), round(image.shape[0] * scale)))
+        cell = np.zeros((cell_height, cell_width, 3), dtype=np.uint8)
+        y, x = (cell_height - resized.shape[0]) // 2, (cell_width - resized.shape[1]) // 2
+        cell[y : y + resized.shape[0], x : x + resized.shape[1]] = resized
+        cells.append(cell)
+    while len(cells) % columns:
+        cells.append(np.zeros_like(cells[0]))
+    rows = [np.hstack(cells[i : i + columns]) for i in range(0, len(cells), columns)]
+    cv2.imwrite(str(out), np.vstack(rows), [cv2.IMWRITE_JPEG_QUALITY, 85])
+    return out
