@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -13,6 +15,16 @@ from framescale import aws, results
 from framescale.local import stack as local_stack
 
 DEFAULT_TIMEOUT = 120.0
+
+
+@functools.lru_cache(maxsize=64)
+def _client(service: str, endpoint: str) -> Any:
+    return aws.client(service)
+
+
+def client(service: str) -> Any:
+    """A boto3 client per service and endpoint, made once: making one costs ~0.1 s of model loading."""
+    return _client(service, os.environ.get("AWS_ENDPOINT_URL", ""))
 
 
 def unique(prefix: str) -> str:
@@ -32,13 +44,13 @@ def wait_for(check: Callable[[], Any], timeout: float = DEFAULT_TIMEOUT, what: s
 
 def upload(stack: local_stack.LocalStack, path: Path, key: str | None = None) -> str:
     key = key or f"incoming/{path.name}"
-    aws.client("s3").upload_file(str(path), stack.input_bucket, key)
+    client("s3").upload_file(str(path), stack.input_bucket, key)
     return f"s3://{stack.input_bucket}/{key}"
 
 
 def enqueue(stack: local_stack.LocalStack, body: dict[str, Any] | str) -> None:
     text = body if isinstance(body, str) else json.dumps(body)
-    aws.client("sqs").send_message(QueueUrl=stack.queue_url, MessageBody=text)
+    client("sqs").send_message(QueueUrl=stack.queue_url, MessageBody=text)
 
 
 def result_prefix(job_id: str) -> str:
@@ -46,7 +58,7 @@ def result_prefix(job_id: str) -> str:
 
 
 def read_summary(stack: local_stack.LocalStack, job_id: str) -> dict[str, Any] | None:
-    s3 = aws.client("s3")
+    s3 = client("s3")
     try:
         body = s3.get_object(Bucket=stack.output_bucket, Key=result_prefix(job_id) + results.SUMMARY_FILE)["Body"]
     except s3.exceptions.NoSuchKey:
@@ -55,14 +67,14 @@ def read_summary(stack: local_stack.LocalStack, job_id: str) -> dict[str, Any] |
 
 
 def read_lines(stack: local_stack.LocalStack, job_id: str) -> list[dict[str, Any]]:
-    s3 = aws.client("s3")
+    s3 = client("s3")
     body = s3.get_object(Bucket=stack.output_bucket, Key=result_prefix(job_id) + results.DETECTIONS_FILE)["Body"]
     return [json.loads(line) for line in body.read().decode().splitlines()]
 
 
 def result_objects(stack: local_stack.LocalStack) -> dict[str, dict[str, Any]]:
     """Every object under results/, with its version count (the bucket is unversioned: LastModified)."""
-    s3 = aws.client("s3")
+    s3 = client("s3")
     out = {}
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=stack.output_bucket, Prefix="results/"):
         for item in page.get("Contents", []):
@@ -79,7 +91,7 @@ def iou(a: list[float] | tuple[float, ...], b: list[float] | tuple[float, ...]) 
 
 
 def dead_letters(stack: local_stack.LocalStack) -> list[dict[str, Any]]:
-    return local_stack.drain(aws.client("sqs"), stack.dead_letter_queue_url)
+    return local_stack.drain(client("sqs"), stack.dead_letter_queue_url)
 
 
 def failure_reason(message: dict[str, Any]) -> str:
@@ -87,4 +99,4 @@ def failure_reason(message: dict[str, Any]) -> str:
 
 
 def notifications(inbox_url: str) -> list[dict[str, Any]]:
-    return [json.loads(m["Body"]) for m in local_stack.drain(aws.client("sqs"), inbox_url)]
+    return [json.loads(m["Body"]) for m in local_stack.drain(client("sqs"), inbox_url)]

@@ -8,23 +8,23 @@ from typing import Any
 
 import pytest
 
-from framescale import aws, results
+from framescale import results
 from framescale.local import stack as local_stack
 from framescale.local.videos import SyntheticVideo, write_synthetic_video
 from framescale.worker.sampling import expected_sample_count
-from tests.support import read_lines, read_summary, unique, upload, wait_for
+from tests.support import client, read_lines, read_summary, unique, upload, wait_for
 
 
 def chaos_stack(name: str, *, max_receive_count: int = 10) -> local_stack.LocalStack:
     """A stack whose output bucket is versioned, so every write of a result is counted."""
     stack = local_stack.provision(unique(name), max_receive_count=max_receive_count)
-    aws.client("s3").put_bucket_versioning(Bucket=stack.output_bucket, VersioningConfiguration={"Status": "Enabled"})
+    client("s3").put_bucket_versioning(Bucket=stack.output_bucket, VersioningConfiguration={"Status": "Enabled"})
     return stack
 
 
 def summary_versions(stack: local_stack.LocalStack, job_id: str) -> int:
     key = f"results/{job_id}/{results.SUMMARY_FILE}"
-    listing = aws.client("s3").list_object_versions(Bucket=stack.output_bucket, Prefix=key)
+    listing = client("s3").list_object_versions(Bucket=stack.output_bucket, Prefix=key)
     return sum(1 for version in listing.get("Versions", []) if version["Key"] == key)
 
 
@@ -43,7 +43,7 @@ def assert_exactly_once(
             == summary["frames"]["sampled"]
         )
         assert summary_versions(stack, job_id) == 1, f"{job_id}: summary written more than once"
-    sqs = aws.client("sqs")
+    sqs = client("sqs")
     assert wait_for(lambda: local_stack.queue_depth(sqs, stack.queue_url) == (0, 0), timeout=60, what="queue drained")
     assert local_stack.queue_depth(sqs, stack.dead_letter_queue_url) == (0, 0), "a job reached the dead-letter queue"
 
@@ -67,7 +67,7 @@ def make_jobs(tmp_path: Path) -> Any:
             )
             jobs[f"job-{number}"] = (video, sample_fps)
             url = upload(stack, video.path)
-            aws.client("sqs").send_message(
+            client("sqs").send_message(
                 QueueUrl=stack.queue_url,
                 MessageBody=f'{{"video": "{url}", "job_id": "job-{number}", "sample_fps": {sample_fps}}}',
             )

@@ -15,13 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from framescale import aws
 from framescale.local import stack as local_stack
 from framescale.local.faults import FaultProxy, FaultRule
 from framescale.local.videos import write_synthetic_video
 from tests.chaos.conftest import assert_exactly_once, chaos_stack, summary_versions
 from tests.conftest import worker_log
-from tests.support import dead_letters, enqueue, failure_reason, read_summary, upload, wait_for
+from tests.support import client, dead_letters, enqueue, failure_reason, read_summary, upload, wait_for
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
@@ -54,7 +53,7 @@ def test_model_server_stopped_mid_job_and_restarted(aws_env, start_worker, make_
     worker = start_worker(
         stack, model="person", model_server=own_model_server.grpc_target, transient_retries="2", **FAST_RECOVERY
     )
-    sqs = aws.client("sqs")
+    sqs = client("sqs")
     wait_for(lambda: local_stack.queue_depth(sqs, stack.queue_url)[1] >= 1, what="first job under way")
     time.sleep(1.0)
     own_model_server.stop()
@@ -100,7 +99,7 @@ def test_same_message_twice_and_finished_job_resent(aws_env, start_worker, tmp_p
     first = read_summary(stack, "dup")
     # A finished job sent again: the work is not redone and the results are not rewritten.
     enqueue(stack, body)
-    sqs = aws.client("sqs")
+    sqs = client("sqs")
     time.sleep(1)
     assert wait_for(lambda: local_stack.queue_depth(sqs, stack.queue_url) == (0, 0), what="re-sent job handled")
     assert read_summary(stack, "dup") == first
@@ -111,7 +110,7 @@ def test_sigterm_with_enough_grace_finishes_the_job(aws_env, start_worker, make_
     stack = chaos_stack("grace")
     jobs = make_jobs(stack, 1, frames=300, fps=30, sample_fps=30.0, width=640, height=360)
     worker = start_worker(stack, model="person", shutdown_grace_seconds="120", **FAST_RECOVERY)
-    sqs = aws.client("sqs")
+    sqs = client("sqs")
     wait_for(lambda: local_stack.queue_depth(sqs, stack.queue_url)[1] == 1, what="job in flight")
     time.sleep(1.0)
     worker.signal(signal.SIGTERM)
@@ -123,7 +122,7 @@ def test_sigterm_without_enough_grace_hands_the_job_back(aws_env, start_worker, 
     stack = chaos_stack("nograce")
     jobs = make_jobs(stack, 1, frames=300, fps=30, sample_fps=30.0, width=640, height=360)
     worker = start_worker(stack, model="person", shutdown_grace_seconds="1", visibility_timeout_seconds="300")
-    sqs = aws.client("sqs")
+    sqs = client("sqs")
     wait_for(lambda: local_stack.queue_depth(sqs, stack.queue_url)[1] == 1, what="job in flight")
     time.sleep(1.0)
     started = time.monotonic()
@@ -150,7 +149,7 @@ def test_burst_of_200_jobs_across_worker_processes(aws_env, start_worker, tmp_pa
     stack = chaos_stack("burst")
     video = write_synthetic_video(tmp_path / "tiny.mp4", width=96, height=72, fps=5, frame_count=5)
     url = upload(stack, video.path)
-    sqs = aws.client("sqs")
+    sqs = client("sqs")
     jobs = {}
     for batch in range(20):
         entries = []
@@ -170,7 +169,7 @@ def test_poison_message_that_kills_its_worker_ends_in_the_dead_letter_queue(aws_
     stack = chaos_stack("poison", max_receive_count=2)
     make_jobs(stack, 1, frames=400, sample_fps=10.0, width=640, height=360)
     worker = start_worker(stack, model="person", **FAST_RECOVERY)
-    sqs = aws.client("sqs")
+    sqs = client("sqs")
     # Each time the message is in flight, its slot process dies: the message is poison.
     kills = 0
     deadline = time.monotonic() + 120

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from framescale import aws, synthetic
+from framescale import synthetic
 from framescale.local import stack as local_stack
 from framescale.local.videos import write_photo_video, write_synthetic_video
 from framescale.worker.sampling import expected_sample_count
 from tests.support import (
+    client,
     dead_letters,
     enqueue,
     iou,
@@ -65,7 +66,7 @@ def test_synthetic_videos_in_all_three_message_forms(aws_env, tmp_path: Path, st
         else:
             enqueue(stack, body)
     # The third form: a real S3 event notification, delivered by S3 itself to the queue.
-    s3, sqs = aws.client("s3"), aws.client("sqs")
+    s3, sqs = client("s3"), client("sqs")
     queue_arn = sqs.get_queue_attributes(QueueUrl=stack.queue_url, AttributeNames=["QueueArn"])["Attributes"][
         "QueueArn"
     ]

@@ -8,10 +8,19 @@ from pathlib import Path
 import cv2
 import pytest
 
-from framescale import aws
 from framescale.local import stack as local_stack
 from framescale.local.videos import write_synthetic_video
-from tests.support import dead_letters, enqueue, failure_reason, notifications, read_summary, unique, upload, wait_for
+from tests.support import (
+    client,
+    dead_letters,
+    enqueue,
+    failure_reason,
+    notifications,
+    read_summary,
+    unique,
+    upload,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -82,6 +91,6 @@ def test_bad_inputs_are_dead_lettered_with_their_reasons(aws_env, tmp_path: Path
     good = write_synthetic_video(tmp_path / "good.mp4", frame_count=20)
     enqueue(stack, {"video": upload(stack, good.path), "job_id": "after-the-bad-ones"})
     assert wait_for(lambda: read_summary(stack, "after-the-bad-ones"), what="a good job after bad ones")
-    sqs = aws.client("sqs")
+    sqs = client("sqs")
     assert wait_for(lambda: local_stack.queue_depth(sqs, stack.queue_url) == (0, 0), what="queue to drain")
     assert worker.alive()

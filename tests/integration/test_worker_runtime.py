@@ -10,19 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from framescale import aws
 from framescale.local import stack as local_stack
 from framescale.local.processes import free_port
 from framescale.local.videos import write_synthetic_video
 from framescale.worker.heartbeat import VisibilityHeartbeat
 from tests.conftest import worker_log
-from tests.support import dead_letters, enqueue, failure_reason, read_summary, unique, upload, wait_for
+from tests.support import client, dead_letters, enqueue, failure_reason, read_summary, unique, upload, wait_for
 
 pytestmark = [pytest.mark.integration]
 
 
 def test_heartbeat_keeps_the_message_invisible_and_stops_with_the_job(aws_env) -> None:
-    sqs = aws.client("sqs")
+    sqs = client("sqs")
     queue_url = sqs.create_queue(QueueName=unique("hb"))["QueueUrl"]
     sqs.send_message(QueueUrl=queue_url, MessageBody="{}")
     (message,) = sqs.receive_message(QueueUrl=queue_url, VisibilityTimeout=2, WaitTimeSeconds=1)["Messages"]
