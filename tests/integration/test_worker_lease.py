@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,15 +25,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 NAMESPACE = "video"
 NODE = "ip-10-1-2-3.ec2.internal"
-
-
-@pytest.fixture
-def kube_api() -> Iterator[EmulatorThread]:
-    emulator = EmulatorThread().start()
-    try:
-        yield emulator
-    finally:
-        emulator.stop()
 
 
 def kubeconfig(path: Path, server: str) -> Path:

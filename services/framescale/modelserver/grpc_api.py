@@ -19,27 +19,12 @@ import numpy as np
 from framescale.modelserver.errors import ServingError, invalid_argument
 from framescale.modelserver.repository import ModelRepository
 from framescale.tfserving import tfserving_pb2 as pb
-from framescale.tfserving.codec import TensorCodecError, from_tensor_proto, to_tensor_proto
+from framescale.tfserving.codec import VALUE_FIELDS, TensorCodecError, from_tensor_proto, to_tensor_proto
 from framescale.tfserving.stubs import MODEL_SERVICE, PREDICTION_SERVICE, SIGNATURE_DEF_MAP_TYPE_URL, channel_options
 
 log = logging.getLogger("framescale.modelserver")
 
 SIGNATURE_DEF_FIELD = "signature_def"
-
-# The repeated field that carries each dtype's values in a TensorProto.
-_VALUE_FIELD: dict[int, str] = {
-    pb.DT_FLOAT: "float_val",
-    pb.DT_DOUBLE: "double_val",
-    pb.DT_INT32: "int_val",
-    pb.DT_UINT8: "int_val",
-    pb.DT_INT16: "int_val",
-    pb.DT_INT8: "int_val",
-    pb.DT_INT64: "int64_val",
-    pb.DT_BOOL: "bool_val",
-    pb.DT_HALF: "half_val",
-    pb.DT_UINT32: "uint32_val",
-    pb.DT_UINT64: "uint64_val",
-}
 
 
 def encode_as_fields(array: np.ndarray, out: pb.TensorProto) -> None:
@@ -55,7 +40,7 @@ def encode_as_fields(array: np.ndarray, out: pb.TensorProto) -> None:
     values = np.ascontiguousarray(array).reshape(-1)
     if out.dtype == pb.DT_HALF:  # half_val carries the IEEE bits
         values = values.view(np.uint16)
-    getattr(out, _VALUE_FIELD[out.dtype]).extend(values.tolist())
+    getattr(out, VALUE_FIELDS[out.dtype]).extend(values.tolist())
 
 
 def requested_version(spec: pb.ModelSpec) -> tuple[int | None, str | None]:

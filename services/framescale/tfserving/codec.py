@@ -32,7 +32,7 @@ _NUMPY_TO_DTYPE: dict[np.dtype, int] = {
 _DTYPE_TO_NUMPY: dict[int, np.dtype] = {value: key for key, value in _NUMPY_TO_DTYPE.items()}
 
 # Which repeated field carries values of each dtype when tensor_content is empty.
-_VALUE_FIELD: dict[int, str] = {
+VALUE_FIELDS: dict[int, str] = {
     pb.DT_FLOAT: "float_val",
     pb.DT_DOUBLE: "double_val",
     pb.DT_INT32: "int_val",
@@ -103,7 +103,7 @@ def from_tensor_proto(proto: pb.TensorProto) -> np.ndarray:
                 f"{dtype_name(proto.dtype)} needs {expected}"
             )
         return np.frombuffer(proto.tensor_content, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
-    field = _VALUE_FIELD[proto.dtype]
+    field = VALUE_FIELDS[proto.dtype]
     raw = getattr(proto, field)
     if proto.dtype == pb.DT_HALF:
         typed = np.array(list(raw), dtype=np.uint16).view(np.float16)

@@ -283,15 +283,6 @@ class Pipeline:
 
 
 @pytest.fixture(scope="module")
-def kube_api() -> Iterator[EmulatorThread]:
-    emulator = EmulatorThread().start()
-    try:
-        yield emulator
-    finally:
-        emulator.stop()
-
-
-@pytest.fixture(scope="module")
 def kube(kube_api: EmulatorThread) -> KubeClient:
     return KubeClient(kube_api.url)
 
