@@ -1,0 +1,1 @@
+"""framescale's benchmarks and capacity simulator (``make bench``; see bench/README.md)."""
