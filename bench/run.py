@@ -35,6 +35,9 @@ class Plan:
     decode_video: tuple[int, int, float]
     decode_rounds: int
     memory_videos: tuple[tuple[int, int, float], tuple[int, int, float]]  # short, 10x long
+    # Every frame by default: the short video alone fills the batches and the in-flight window,
+    # so a difference in peak memory can only come from the length of the video.
+    memory_sample_fps: float
     worker_rounds: int
     reaction_trials: int
     traces: tuple[Path, ...]
@@ -49,6 +52,7 @@ FULL = Plan(
     decode_video=(1280, 720, 12.0),
     decode_rounds=5,
     memory_videos=((640, 360, 12.0), (640, 360, 120.0)),
+    memory_sample_fps=FPS,
     worker_rounds=3,
     reaction_trials=5,
     traces=tuple(traces.shipped_paths()),
@@ -61,6 +65,7 @@ QUICK = Plan(
     decode_video=(640, 360, 3.0),
     decode_rounds=1,
     memory_videos=((320, 240, 2.0), (320, 240, 20.0)),
+    memory_sample_fps=FPS,
     worker_rounds=1,
     reaction_trials=1,
     traces=tuple(traces.shipped_paths()),
@@ -202,7 +207,11 @@ def run(models_dir: Path, out: Path, *, quick: bool, inputs_dir: Path) -> int:
                 ),
             )
             _section(
-                report, "worker", lambda: worker_bench.run(bench, short, long, rounds=plan.worker_rounds, log=_say)
+                report,
+                "worker",
+                lambda: worker_bench.run(
+                    bench, short, long, sample_fps=plan.memory_sample_fps, rounds=plan.worker_rounds, log=_say
+                ),
             )
             _section(report, "reaction", lambda: reaction.run(trials=plan.reaction_trials, log=_say))
 

@@ -6,7 +6,8 @@ process), so peak RSS (the kernel's high-water mark, VmHWM) belongs to one job:
 - start-up: from launching the worker, with a job already waiting, until the job's message
   is received (in flight on the queue): what a new node's worker costs before useful work;
 - peak RSS of the slot process after a short video and after one 10x longer (same content,
-  same sampling); their ratio shows whether memory grows with the video;
+  same sampling, every frame by default so even the short one fills every batch and the
+  in-flight window); their ratio shows whether memory grows with the video;
 - RSS at idle: supervisor + slot, right after the job, waiting for the next message.
 
 Partner in the same run: a process that imports ``tensorflow_serving.apis`` (what a client
@@ -66,7 +67,7 @@ def _wait(check: Callable[[], bool], timeout: float, what: str) -> float:
     raise TimeoutError(f"timed out waiting for {what}")
 
 
-def one_job(bench: BenchStack, video: Video, tag: str) -> dict[str, Any]:
+def one_job(bench: BenchStack, video: Video, tag: str, sample_fps: float) -> dict[str, Any]:
     """Fresh worker, one job waiting: start-up, peak RSS of the job's slot, RSS at idle after it.
 
     Each measurement gets its own queue: a stopped worker's long poll lingers in the
@@ -74,7 +75,7 @@ def one_job(bench: BenchStack, video: Video, tag: str) -> dict[str, Any]:
     """
     sqs = aws.client("sqs")
     stack = provision(f"bench-{tag}")
-    job_ids = send_jobs(stack, upload(stack, [video.path]), tag=tag, sample_fps=1.0)
+    job_ids = send_jobs(stack, upload(stack, [video.path]), tag=tag, sample_fps=sample_fps)
     worker = bench.worker(stack, model="null", name=tag, health_port=free_port())
     launched = time.perf_counter()
     worker.start()
@@ -102,7 +103,9 @@ def one_job(bench: BenchStack, video: Video, tag: str) -> dict[str, Any]:
         worker.stop(timeout=30)
 
 
-def run(bench: BenchStack, short: Video, long: Video, *, rounds: int, log: Any = print) -> dict[str, Any]:
+def run(
+    bench: BenchStack, short: Video, long: Video, *, sample_fps: float, rounds: int, log: Any = print
+) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {"short": [], "long": []}
     probes = []
     for number in range(rounds):
@@ -110,7 +113,7 @@ def run(bench: BenchStack, short: Video, long: Video, *, rounds: int, log: Any =
         if number % 2:
             order.reverse()
         for kind, video in order:
-            result = one_job(bench, video, f"mem-{kind}-r{number}")
+            result = one_job(bench, video, f"mem-{kind}-r{number}", sample_fps)
             runs[kind].append(result)
             log(
                 f"  worker {kind} video, round {number + 1}/{rounds}: "
@@ -126,7 +129,7 @@ def run(bench: BenchStack, short: Video, long: Video, *, rounds: int, log: Any =
     probe_rss = [p["rss_mib"] for p in probes]
     return {
         "model": "null",
-        "sample_fps": 1.0,
+        "sample_fps": sample_fps,
         "videos": {"short": short.describe(), "long": long.describe()},
         "memory": {
             "short_video_peak_rss_mib": stats.spread(short_peaks),
