@@ -350,11 +350,18 @@ def test_tf_serving_pairs_with_the_worker(rendered_pipelines: Rendered) -> None:
 
 
 def test_gpu_scenario_uses_the_gpu_image_and_requests_a_gpu(helm: Helm) -> None:
-    gpu = render(helm, "eks-gpu").of_kind("DaemonSet")[0]["spec"]["template"]["spec"]
+    rendered = render(helm, "eks-gpu")
+    gpu = rendered.of_kind("DaemonSet")[0]["spec"]["template"]["spec"]
     serving = next(c for c in gpu["initContainers"] if c["name"] == "tf-serving")
     assert serving["image"] == "tensorflow/serving:2.20.0-gpu"
-    assert serving["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert serving["resources"]["requests"]["nvidia.com/gpu"] == 1
+    # Adding the GPU must leave the CPU and memory the values ask for as they are: a merge that
+    # wrote the limits into the shared GPU map once turned these requests into cpu "2" and 8Gi.
+    wanted = rendered.values["pipelines"][0]["tfServing"]["resources"]
+    assert wanted["requests"] != wanted["limits"], "the scenario must tell requests from limits"
+    assert serving["resources"] == {
+        "requests": {**wanted["requests"], "nvidia.com/gpu": 1},
+        "limits": {**wanted["limits"], "nvidia.com/gpu": 1},
+    }
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in gpu["tolerations"]
     cpu = render(helm, "eks-cpu").of_kind("DaemonSet")[0]["spec"]["template"]["spec"]
     serving = next(c for c in cpu["initContainers"] if c["name"] == "tf-serving")
