@@ -109,6 +109,17 @@ def with_pipeline(**changes: Any) -> dict[str, Any]:
             id="empty-node-selector",
         ),
         pytest.param(
+            # "/" would leave the models volume's mountPath empty once the slash is trimmed.
+            ["--set-json", pipelines_json(with_pipeline(model={"s3Uri": "s3://models/d/", "basePath": "/"}))],
+            "/pipelines/0/model/basePath",
+            id="model-base-path-is-root",
+        ),
+        pytest.param(
+            ["--set-json", pipelines_json(with_pipeline(model={"s3Uri": "s3://models/d/", "basePath": "models"}))],
+            "/pipelines/0/model/basePath",
+            id="model-base-path-is-relative",
+        ),
+        pytest.param(
             ["--set-json", pipelines_json(with_pipeline(terminationGracePeriodSeconds=30))],
             "must exceed worker.settings.shutdownGraceSeconds (60)",
             id="grace-shorter-than-shutdown",
