@@ -196,21 +196,88 @@ def selected_by(policy: dict[str, Any], labels: dict[str, str]) -> bool:
     return all(labels.get(key) == value for key, value in wanted.items())
 
 
+def policy_of(rendered: Rendered, workload: dict[str, Any]) -> dict[str, Any]:
+    labels = workload["spec"]["template"]["metadata"]["labels"]
+    matching = [p for p in rendered.of_kind("NetworkPolicy") if selected_by(p, labels)]
+    assert len(matching) == 1, f"{workload['metadata']['name']}: {len(matching)} policies"
+    return matching[0]["spec"]
+
+
+def container_port(container: dict[str, Any], port: int | str) -> int:
+    """A probe's port as a number: named ports resolve through the container's ports."""
+    named = {p["name"]: p["containerPort"] for p in container.get("ports", []) if "name" in p}
+    return int(named.get(port, port)) if isinstance(port, str) else port
+
+
+def admitted_from(policy: dict[str, Any], port: int) -> list[list[dict[str, Any]] | None]:
+    """The `from` of every ingress rule that admits `port` (None: a rule without `from`, any source)."""
+    return [
+        rule.get("from")
+        for rule in policy.get("ingress", [])
+        if any(p["port"] == port and p.get("protocol", "TCP") == "TCP" for p in rule.get("ports", []))
+    ]
+
+
+def probed_ports(workload: dict[str, Any]) -> set[int]:
+    ports = set()
+    for _, container in pod_containers(workload):
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            handler = container.get(probe, {})
+            for kind in ("httpGet", "tcpSocket", "grpc"):
+                if kind in handler:
+                    ports.add(container_port(container, handler[kind]["port"]))
+    return ports
+
+
 def test_network_policies_cover_every_pod(rendered: Rendered) -> None:
-    policies = rendered.of_kind("NetworkPolicy")
     for workload in rendered.workloads():
-        labels = workload["spec"]["template"]["metadata"]["labels"]
-        matching = [p for p in policies if selected_by(p, labels)]
-        assert len(matching) == 1, f"{workload['metadata']['name']}: {len(matching)} policies"
-        policy = matching[0]["spec"]
+        policy = policy_of(rendered, workload)
         assert policy["policyTypes"] == ["Ingress", "Egress"]
         ports = {port["containerPort"] for _, c in pod_containers(workload) for port in c.get("ports", [])}
-        allowed_in = {port["port"] for rule in policy["ingress"] for port in rule["ports"]}
-        # Only the metrics port: never TF Serving's gRPC or REST port.
-        assert len(allowed_in) == 1 and allowed_in <= ports, f"{workload['metadata']['name']}: {allowed_in}"
-        assert not allowed_in & {8500, 8501}
+        allowed_in = {port["port"] for rule in policy.get("ingress", []) for port in rule["ports"]}
+        # Only ports the pod declares, and only the probed and metrics ones among them.
+        assert allowed_in <= ports, f"{workload['metadata']['name']}: {allowed_in - ports}"
         egress_ports = {(p["port"], p.get("protocol", "TCP")) for rule in policy["egress"] for p in rule["ports"]}
-        assert {(53, "UDP"), (53, "TCP"), (443, "TCP")} <= egress_ports
+        assert {(53, "UDP"), (53, "TCP")} <= egress_ports
+
+
+def test_kubelet_probes_are_admitted(rendered: Rendered) -> None:
+    """Every port a probe uses is open to networkPolicy.probesFrom: on a CNI that does not exempt
+    the kubelet's own traffic, a policy admitting the metrics port alone left the operator (probed
+    on :8080) and TF Serving (on :8501) unready for ever."""
+    probes_from = rendered.values.get("networkPolicy", {}).get("probesFrom") or None
+    checked = 0
+    for workload in rendered.workloads():
+        policy = policy_of(rendered, workload)
+        for port in probed_ports(workload):
+            assert probes_from in admitted_from(policy, port), f"{workload['metadata']['name']}: probe port {port}"
+            checked += 1
+    assert checked >= 1
+
+
+def test_tf_serving_grpc_is_never_admitted_and_rest_only_to_probes(rendered_pipelines: Rendered) -> None:
+    network_policy = rendered_pipelines.values.get("networkPolicy", {})
+    probes_from = network_policy.get("probesFrom") or None
+    for daemonset in rendered_pipelines.of_kind("DaemonSet"):
+        policy = policy_of(rendered_pipelines, daemonset)
+        serving = next(c for _, c in pod_containers(daemonset) if c["name"] == "tf-serving")
+        ports = {p["name"]: p["containerPort"] for p in serving["ports"]}
+        assert admitted_from(policy, ports["grpc"]) == [], "gRPC is the worker's, over localhost"
+        assert admitted_from(policy, ports["rest"]) == [probes_from]
+        worker = next(c for c in daemonset["spec"]["template"]["spec"]["containers"] if c["name"] == "worker")
+        metrics = container_port(worker, "http")
+        assert (network_policy.get("metricsFrom") or None) in admitted_from(policy, metrics)
+
+
+def test_probes_from_narrows_the_probed_ports(helm: Helm) -> None:
+    """The eks-gpu scenario names the node subnets: no probed port is open to any source."""
+    rendered = render(helm, "eks-gpu")
+    probes_from = rendered.values["networkPolicy"]["probesFrom"]
+    assert probes_from
+    for workload in rendered.workloads():
+        policy = policy_of(rendered, workload)
+        for port in probed_ports(workload):
+            assert None not in admitted_from(policy, port), f"{workload['metadata']['name']}: {port} open to all"
 
 
 def test_network_policy_switch(helm: Helm) -> None:
@@ -240,7 +307,7 @@ def test_probes_reach_the_health_endpoints(rendered: Rendered) -> None:
         serving = containers["tf-serving"]
         model = next(a for a in serving["args"] if a.startswith("--model_name=")).split("=", 1)[1]
         assert http_probe(serving, "startupProbe")[0] == f"/v1/models/{model}"
-        assert serving["livenessProbe"]["tcpSocket"]["port"] == "grpc"
+        assert serving["livenessProbe"]["tcpSocket"]["port"] == "rest", "the kubelet needs one TF Serving port"
 
 
 def test_operator_is_leader_safe(rendered: Rendered) -> None:
