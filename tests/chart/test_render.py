@@ -216,6 +216,90 @@ def test_videopipelines_are_hooks_only_while_the_crd_is_new(helm: Helm, scenario
         assert not resource["metadata"].get("annotations"), "an ordinary release object once the API is served"
 
 
+def hook(resource: dict[str, Any]) -> tuple[str | None, int]:
+    annotations = resource["metadata"].get("annotations", {})
+    return annotations.get("helm.sh/hook"), int(annotations.get("helm.sh/hook-weight", "0"))
+
+
+@pytest.mark.parametrize("scenario_name", WITH_PIPELINES)
+def test_uninstall_hook_deletes_the_videopipelines_while_the_operator_runs(helm: Helm, scenario_name: str) -> None:
+    """Every VideoPipeline carries the operator's finalizer: a plain `helm uninstall` removed the
+    operator with them (and never the ones a first install created as hooks), leaving them
+    Terminating for ever. A pre-delete hook, which Helm runs before it deletes anything, deletes
+    each of them and waits until the operator has let it go."""
+    rendered = render(helm, scenario_name)
+    namespace = SCENARIOS[scenario_name][1]
+    name = f"{RELEASE}-framescale-cleanup"
+    pipelines = sorted(vp["metadata"]["name"] for vp in rendered.of_kind("VideoPipeline"))
+    assert pipelines
+    job = rendered.one("Job", name)
+    assert hook(job)[0] == "pre-delete"
+    policies = job["metadata"]["annotations"]["helm.sh/hook-delete-policy"].split(",")
+    assert "before-hook-creation" in policies, "a failed Job must not block the next attempt"
+    assert "hook-failed" not in policies, "a failed Job is kept for its logs"
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    command = container["command"] + container["args"]
+    assert command[:3] == ["kubectl", "delete", "videopipelines.framescale.io"]
+    named = [arg for arg in command[3:] if not arg.startswith("-")]
+    assert sorted(named) == pipelines, "every VideoPipeline of the release, by name"
+    assert f"--namespace={namespace}" in command
+    assert "--wait=true" in command, "return only once the finalizers are gone"
+    assert "--ignore-not-found=true" in command
+    timeout = int(next(a for a in command if a.startswith("--timeout=")).removeprefix("--timeout=").rstrip("s"))
+    assert timeout == 180
+    assert job["spec"]["activeDeadlineSeconds"] > timeout
+    assert pod["restartPolicy"] == "Never"
+    # Least privilege: this release's VideoPipelines, by name, nothing else.
+    assert pod["serviceAccountName"] == name
+    (rule,) = rendered.one("Role", name)["rules"]
+    assert sorted(rule.pop("resourceNames")) == pipelines
+    assert rule == {
+        "apiGroups": ["framescale.io"],
+        "resources": ["videopipelines"],
+        "verbs": ["get", "list", "watch", "delete"],
+    }
+    binding = rendered.one("RoleBinding", name)
+    assert binding["roleRef"]["name"] == name
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]
+    # What the Job needs exists before it starts: same hook, lower weight.
+    supporting = [rendered.one(kind, name) for kind in ("ServiceAccount", "Role", "RoleBinding", "NetworkPolicy")]
+    for resource in supporting:
+        assert hook(resource)[0] == "pre-delete", resource["kind"]
+        assert hook(resource)[1] < hook(job)[1], resource["kind"]
+    # No other pre-delete hook: the VideoPipelines must still be there when the Job starts.
+    hooks = {f"{d['kind']}/{d['metadata']['name']}" for d in rendered.docs if hook(d)[0] == "pre-delete"}
+    assert hooks == {f"{d['kind']}/{name}" for d in [job, *supporting]}
+    # It reaches DNS and the API server, nothing else, and accepts nothing.
+    policy = rendered.one("NetworkPolicy", name)["spec"]
+    assert not policy.get("ingress")
+    egress_ports = {p["port"] for rule in policy["egress"] for p in rule["ports"]}
+    api_ports = set(rendered.values.get("networkPolicy", {}).get("kubernetesApi", {}).get("ports", [443, 6443]))
+    assert egress_ports == {53} | api_ports
+
+
+def test_uninstall_hook_switch(helm: Helm) -> None:
+    disabled = render(helm, "kind", "--set", "cleanup.enabled=false")
+    assert not [d for d in disabled.docs if hook(d)[0] == "pre-delete"]
+    assert not disabled.of_kind("Job")
+    # No pipeline, nothing to delete.
+    assert not [d for d in render(helm, "defaults").docs if hook(d)[0] == "pre-delete"]
+    tuned = render(helm, "kind", "--set", "cleanup.timeoutSeconds=600", "--set", "networkPolicy.enabled=false")
+    job = tuned.one("Job", f"{RELEASE}-framescale-cleanup")
+    assert "--timeout=600s" in job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert job["spec"]["activeDeadlineSeconds"] > 600
+    assert not tuned.of_kind("NetworkPolicy")
+
+
+def test_readme_installs_with_wait_and_uninstalls_through_the_hook() -> None:
+    """--wait makes Helm run the VideoPipelines' post-install hook once the CRD is established."""
+    readme = (CHART / "README.md").read_text()
+    install = readme[readme.index("helm upgrade --install framescale") :]
+    install = install[: install.index("```")]
+    assert "--wait" in install
+    assert "helm uninstall framescale --namespace framescale --wait" in readme
+
+
 def test_notes_say_what_to_run_next(helm: Helm) -> None:
     values_file, namespace = SCENARIOS["kind"]
     result = helm.run(
@@ -228,5 +312,7 @@ def test_notes_say_what_to_run_next(helm: Helm) -> None:
         f"kubectl logs -n {namespace} deploy/{RELEASE}-framescale-operator",
         f"kubectl logs -n {namespace} ds/{RELEASE}-framescale-demo -c worker",
         "framescale-kind-accelerators",
+        f"helm uninstall {RELEASE} -n {namespace} --wait",
+        f"job/{RELEASE}-framescale-cleanup",
     ):
         assert expected in notes, f"{expected!r} not in NOTES:\n{notes}"

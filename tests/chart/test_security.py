@@ -176,6 +176,10 @@ def test_service_account_tokens_only_where_the_api_is_called(rendered: Rendered)
         assert account["automountServiceAccountToken"] is False, account["metadata"]["name"]
     operator = rendered.of_kind("Deployment")[0]["spec"]["template"]["spec"]
     assert operator["automountServiceAccountToken"] is True  # its one container calls the API
+    for job in rendered.of_kind("Job"):  # the uninstall hook: one container, kubectl
+        pod = job["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is True and len(pod["containers"]) == 1
+        assert not pod.get("initContainers")
     for daemonset in rendered.of_kind("DaemonSet"):
         pod = daemonset["spec"]["template"]["spec"]
         assert pod["automountServiceAccountToken"] is False

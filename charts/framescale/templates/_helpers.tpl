@@ -241,3 +241,18 @@ framescale.io/pipeline: {{ .p.name }}
 {{- toYaml . }}
 {{- end -}}
 {{- end -}}
+
+{{/* The uninstall clean-up hook's objects (cleanup-hook.yaml) share one name. */}}
+{{- define "framescale.cleanup.fullname" -}}
+{{- printf "%s-cleanup" (include "framescale.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+Annotations of the uninstall clean-up hook's objects (cleanup-hook.yaml). Call with the hook
+weight as a string: lower weights are created first.
+*/}}
+{{- define "framescale.cleanup.hookAnnotations" -}}
+helm.sh/hook: pre-delete
+helm.sh/hook-weight: {{ . | quote }}
+helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
+{{- end -}}
