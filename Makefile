@@ -130,6 +130,10 @@ kind-deploy: $(DEPS_STAMP) helm ## moto in the cluster as AWS, its queue/buckets
 kind-e2e: $(DEPS_STAMP) helm ## One video end to end on kind; `kubectl scale vp` moves the Auto Scaling group
 	$(KIND_ENV) bash docker/kind/kind.sh e2e
 
+.PHONY: kind-uninstall
+kind-uninstall: helm ## helm uninstall on kind; checks the pre-delete hook left no VideoPipeline behind
+	$(KIND_ENV) bash docker/kind/kind.sh uninstall
+
 .PHONY: kind-down
 kind-down: ## Delete the kind cluster
 	bash docker/kind/kind.sh down

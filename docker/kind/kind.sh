@@ -7,6 +7,7 @@
 #                                a fake Auto Scaling group in it; the chart with ci/kind-values.yaml
 #   docker/kind/kind.sh e2e      one video through the pipeline end to end, then
 #                                `kubectl scale vp` shown to move the Auto Scaling group
+#   docker/kind/kind.sh uninstall  helm uninstall; checks that no VideoPipeline is left behind
 #   docker/kind/kind.sh down     delete the cluster
 #
 # The Makefile's kind-* targets call this with HELM, KUBECTL and PYTHON set (.tools/, .venv/).
@@ -69,7 +70,10 @@ stop_forward() {
 start_forward() {
   local log_file
   log_file="$(mktemp -t framescale-moto-forward.XXXXXX)"
-  k -n "${MOTO_NAMESPACE}" port-forward svc/moto "${MOTO_LOCAL_PORT}:5000" >"${log_file}" 2>&1 &
+  # kubectl itself in the background, not through k(): a backgrounded function is a subshell, and
+  # killing its pid would leave the port-forward running after the script ends.
+  "${KUBECTL}" --context "${CONTEXT}" -n "${MOTO_NAMESPACE}" port-forward svc/moto "${MOTO_LOCAL_PORT}:5000" \
+    >"${log_file}" 2>&1 &
   FORWARD_PID=$!
   trap stop_forward EXIT
   for _ in $(seq 1 60); do
@@ -136,13 +140,20 @@ cmd_deploy() {
   log "installing the chart (release ${RELEASE}, namespace ${NAMESPACE})"
   local helm_args=(upgrade --install "${RELEASE}" "${ROOT}/charts/framescale"
     --namespace "${NAMESPACE}" --create-namespace --values "${VALUES}" --wait --timeout 15m)
-  h "${helm_args[@]}"
-  # On the install that creates the CRD, the VideoPipeline comes from a post-install hook; if the
-  # API was not yet served when the hook ran, one more upgrade creates it (see the chart README).
-  if ! k -n "${NAMESPACE}" get "vp/${PIPELINE}" >/dev/null 2>&1; then
-    log "VideoPipeline ${PIPELINE} missing after the first install: upgrading once more"
+  # On the install that creates the CRD, the VideoPipeline comes from a post-install hook. Should
+  # that hook fail (the API not served yet), helm reports a failed install with everything else
+  # in place; the API is served by then, so the same upgrade creates the VideoPipeline as an
+  # ordinary release object (see the chart README). The failure is caught here, not by set -e,
+  # or the retry could never run. A failure that left the VideoPipeline in place is something
+  # else, and so is one that fails again: both stop the script.
+  if ! h "${helm_args[@]}"; then
+    if k -n "${NAMESPACE}" get "vp/${PIPELINE}" >/dev/null 2>&1; then
+      die "helm upgrade --install failed (see above)"
+    fi
+    log "the install failed before VideoPipeline ${PIPELINE} existed: upgrading once more"
     h "${helm_args[@]}"
   fi
+  k -n "${NAMESPACE}" get "vp/${PIPELINE}" >/dev/null || die "no VideoPipeline ${PIPELINE} after the install"
   k -n "${NAMESPACE}" rollout status "ds/${RELEASE}-${PIPELINE}" --timeout=600s
   k -n "${NAMESPACE}" get vp,deploy,ds,pods -o wide
 }
@@ -168,6 +179,18 @@ cmd_e2e() {
   log "kind e2e passed"
 }
 
+cmd_uninstall() {
+  check_cluster
+  # The chart's pre-delete hook deletes the VideoPipelines and waits while the operator releases
+  # them; a VideoPipeline left afterwards (stuck on its finalizer) is the failure this checks for.
+  log "uninstalling release ${RELEASE}: the pre-delete hook deletes the VideoPipelines first"
+  h uninstall "${RELEASE}" --namespace "${NAMESPACE}" --wait --timeout 5m
+  local left
+  left="$(k -n "${NAMESPACE}" get videopipelines.framescale.io -o name)"
+  [[ -z "${left}" ]] || die "VideoPipelines left after the uninstall: ${left}"
+  log "uninstalled; no VideoPipeline left (the CRD stays: crds.keep)"
+}
+
 cmd_down() {
   need "${KIND}" "install kind"
   "${KIND}" delete cluster --name "${CLUSTER}"
@@ -178,8 +201,9 @@ main() {
     up) cmd_up ;;
     deploy) cmd_deploy ;;
     e2e) cmd_e2e ;;
+    uninstall) cmd_uninstall ;;
     down) cmd_down ;;
-    *) die "usage: $0 {up|deploy|e2e|down}" ;;
+    *) die "usage: $0 {up|deploy|e2e|uninstall|down}" ;;
   esac
 }
 

@@ -5,8 +5,12 @@ shellcheck clean, and the kind files agreeing with each other and with the chart
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
 import subprocess
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -259,9 +263,100 @@ def test_kind_names_agree_with_the_aws_helper(kind_values: dict[str, Any]) -> No
 
 def test_makefile_has_the_kind_targets() -> None:
     result = subprocess.run(
-        ["make", "-n", "kind-up", "kind-deploy", "kind-e2e", "kind-down"],
+        ["make", "-n", "kind-up", "kind-deploy", "kind-e2e", "kind-uninstall", "kind-down"],
         capture_output=True, text=True, check=False, cwd=REPO_ROOT, timeout=30,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    for command in ("kind.sh up", "kind.sh deploy", "kind.sh e2e", "kind.sh down"):
+    for command in ("kind.sh up", "kind.sh deploy", "kind.sh e2e", "kind.sh uninstall", "kind.sh down"):
         assert command in result.stdout
+
+
+# Stand-ins for kubectl, helm and the venv's python, so kind.sh deploy runs here without a cluster.
+# They log every call; helm fails as the scenario says; `get vp/demo` succeeds once helm created it.
+FAKE_KUBECTL = """#!/usr/bin/env bash
+echo "kubectl $*" >>"${STATE}/calls"
+case "$*" in
+  *port-forward*)
+    # The moto port-forward: something that accepts connections on the local port.
+    exec "${REAL_PYTHON}" -c 'import socket, sys, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(); time.sleep(120)' "${MOTO_LOCAL_PORT}" ;;
+  *"get vp/demo"*) [[ -f "${STATE}/vp" ]] ;;
+  *) exit 0 ;;
+esac
+"""
+FAKE_HELM = """#!/usr/bin/env bash
+echo "helm $*" >>"${STATE}/calls"
+n=$(( $(cat "${STATE}/helm-runs" 2>/dev/null || echo 0) + 1 )); echo "${n}" >"${STATE}/helm-runs"
+case "${SCENARIO}:${n}" in
+  hook-fails:1)  # the post-install hook ran before the API was served: no VideoPipeline
+    echo 'Error: failed post-install: no matches for kind "VideoPipeline"' >&2; exit 1 ;;
+  pods-fail:*)   # something else: the VideoPipeline is there, the install still fails
+    touch "${STATE}/vp"; echo "Error: context deadline exceeded" >&2; exit 1 ;;
+  always-fails:*) echo "Error: failed post-install" >&2; exit 1 ;;
+esac
+touch "${STATE}/vp"
+"""
+FAKE_PYTHON = """#!/usr/bin/env bash
+echo "python $*" >>"${STATE}/calls"
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_kind_deploy(tmp_path: Path, scenario: str) -> tuple[int, list[str], str]:
+    fakes = {"kubectl": FAKE_KUBECTL, "helm": FAKE_HELM, "python": FAKE_PYTHON}
+    for name, text in fakes.items():
+        (tmp_path / name).write_text(text)
+        (tmp_path / name).chmod(0o755)
+    env = {
+        **os.environ,
+        "HELM": str(tmp_path / "helm"),
+        "KUBECTL": str(tmp_path / "kubectl"),
+        "PYTHON": str(tmp_path / "python"),
+        "REAL_PYTHON": sys.executable,
+        "STATE": str(tmp_path),
+        "SCENARIO": scenario,
+    }
+    result = subprocess.run(
+        ["bash", str(KIND / "kind.sh"), "deploy"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    calls = (tmp_path / "calls").read_text().splitlines()
+    return result.returncode, [c for c in calls if c.startswith("helm ")], result.stderr
+
+
+@pytest.fixture
+def forward_port(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """The moto port for a kind.sh run; afterwards nothing may still listen there (kind.sh
+    stops its port-forward on every exit)."""
+    port = free_port()
+    monkeypatch.setenv("MOTO_LOCAL_PORT", str(port))
+    yield port
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0, "kind.sh left its port-forward running"
+
+
+def test_kind_deploy_retries_an_install_whose_hook_failed(tmp_path: Path, forward_port: int) -> None:
+    """Under `set -e` a failed first `helm upgrade --install` used to end the script before the
+    "upgrade once more" that creates the VideoPipeline its post-install hook could not."""
+    code, helm_calls, stderr = run_kind_deploy(tmp_path, "hook-fails")
+    assert code == 0, stderr
+    assert len(helm_calls) == 2 and helm_calls[0] == helm_calls[1], helm_calls
+    assert "upgrade --install framescale" in helm_calls[0] and "--wait" in helm_calls[0]
+    assert "upgrading once more" in stderr
+
+
+@pytest.mark.parametrize(
+    ("scenario", "runs"),
+    [("pods-fail", 1), ("always-fails", 2)],
+    ids=["other-failure-is-not-retried", "second-failure-stops"],
+)
+def test_kind_deploy_stops_on_other_failures(tmp_path: Path, forward_port: int, scenario: str, runs: int) -> None:
+    code, helm_calls, stderr = run_kind_deploy(tmp_path, scenario)
+    assert code != 0, "a failed install must fail kind-deploy"
+    assert len(helm_calls) == runs, helm_calls
+    assert "rollout status ds/" not in (tmp_path / "calls").read_text(), stderr
