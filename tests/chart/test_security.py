@@ -3,11 +3,13 @@ only where the Kubernetes API is called, NetworkPolicies, resources and probes."
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import pytest
 
-from tests.chart.conftest import RELEASE, Helm, Rendered, pod_containers, render
+from tests.chart.conftest import CHART, RELEASE, Helm, Rendered, pod_containers, render
 
 pytestmark = pytest.mark.chart
 
@@ -320,3 +322,49 @@ def test_operator_is_leader_safe(rendered: Rendered) -> None:
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["FRAMESCALE_OPERATOR_STANDALONE"] == "true"
+
+
+def readme_policies() -> dict[str, dict[str, dict[str, Any]]]:
+    """The IAM policies the chart README gives, by heading ("Worker", "Operator"), statements by Sid."""
+    readme = (CHART / "README.md").read_text()
+    iam = readme[readme.index("## IAM policies") :]
+    policies = {}
+    for heading, block in re.findall(r"^### (\w+).*?\n```json\n(.*?)```", iam, re.S | re.M):
+        policies[heading] = {s["Sid"]: s for s in json.loads(block)["Statement"]}
+    return policies
+
+
+def test_readme_worker_policy_allows_the_staged_commit_within_the_output_prefix() -> None:
+    """Results are staged under <output>/<job_id>/_staging/, copied to their keys and the staged
+    objects deleted: that needs DeleteObject and a listing, and neither may reach past the prefix."""
+    worker = readme_policies()["Worker"]
+    commit = worker["CommitResults"]
+    assert {"s3:GetObject", "s3:PutObject", "s3:DeleteObject"} <= set(commit["Action"])
+    output = commit["Resource"]
+    assert output.startswith("arn:aws:s3:::") and output.endswith("/*") and output.count("/") >= 2
+    listing = worker["ListResults"]
+    assert listing["Action"] == "s3:ListBucket"
+    bucket, prefix = output.removeprefix("arn:aws:s3:::").split("/", 1)
+    assert listing["Resource"] == f"arn:aws:s3:::{bucket}"
+    (condition,) = listing["Condition"].values()
+    assert condition == {"s3:prefix": prefix}, "listing limited to the output prefix"
+    # Nothing else may delete, and nothing else may list the results bucket unconditionally.
+    for sid, statement in worker.items():
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        if sid != "CommitResults":
+            assert "s3:DeleteObject" not in actions, sid
+        if "s3:ListBucket" in actions:
+            assert "Condition" in statement, f"{sid}: an unconditioned ListBucket"
+
+
+def test_readme_operator_policy_tags_only_its_marker() -> None:
+    operator = readme_policies()["Operator"]
+    marker = operator["OwnershipMarkerOnItsInstances"]
+    assert sorted(marker["Action"]) == ["ec2:CreateTags", "ec2:DeleteTags"]
+    assert marker["Resource"].endswith(":instance/*")
+    condition = marker["Condition"]
+    assert condition["ForAllValues:StringEquals"] == {"aws:TagKeys": ["framescale.io/protected-by"]}
+    # ForAllValues holds for a request with no tag keys, and DeleteTags without keys deletes all.
+    assert condition["Null"] == {"aws:TagKeys": "false"}
+    group = operator["TerminationProtectionOfItsInstances"]["Condition"]["StringEquals"]
+    assert condition["StringEquals"] == group, "the same group's instances only"
