@@ -5,9 +5,14 @@ copy (``charts/framescale/files/videopipelines.framescale.io.yaml``); ``--check`
 that copy differs from what the models say.
 
 pydantic emits JSON Schema 2020-12; Kubernetes wants a *structural* OpenAPI v3 schema. The
-conversion inlines ``$ref``s, turns ``anyOf [X, null]`` into ``nullable``, drops titles and
-``additionalProperties: false`` (the API server prunes unknown fields instead), and gives
-object-typed spec fields a ``{}`` default so their own defaults apply when they are omitted.
+conversion inlines ``$ref``s, drops titles and ``additionalProperties: false`` (the API server
+prunes unknown fields instead), and gives object-typed spec fields a ``{}`` default so their own
+defaults apply when they are omitted.
+
+An optional field (``X | None`` in the models) becomes plain ``X``, never ``nullable``: absent
+is how the API says "unset". The API server then prunes a null it is sent instead of storing
+it, and a merge patch's null deletes the field. That matters for ``spec.replicas``, which the
+``/scale`` subresource reads: it must hold an integer or nothing, never null.
 """
 
 from __future__ import annotations
@@ -48,21 +53,17 @@ def repo_root() -> Path:
 
 
 def _resolve(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
-    """Inline ``$ref`` (keeping sibling keys such as description) and simplify nullable unions."""
+    """Inline ``$ref`` (keeping sibling keys such as description); ``X | None`` becomes ``X``."""
     if "$ref" in schema:
         target = defs[schema["$ref"].rsplit("/", 1)[-1]]
         merged = {**copy.deepcopy(target), **{k: v for k, v in schema.items() if k != "$ref"}}
         return _resolve(merged, defs)
     if "anyOf" in schema:
         options = [option for option in schema["anyOf"] if option.get("type") != "null"]
-        nullable = len(options) < len(schema["anyOf"])
         if len(options) != 1:
             raise ValueError(f"cannot express a union of {len(options)} types in a structural schema: {schema}")
         rest = {k: v for k, v in schema.items() if k != "anyOf"}
-        merged = {**_resolve(options[0], defs), **rest}
-        if nullable:
-            merged["nullable"] = True
-        return _resolve(merged, defs)
+        return _resolve({**_resolve(options[0], defs), **rest}, defs)
     return schema
 
 
@@ -123,7 +124,6 @@ def openapi_schema() -> dict[str, Any]:
     spec = schema["properties"]["spec"]
     _object_defaults(models.VideoPipelineSpec, spec)
     status = schema["properties"]["status"]
-    status.pop("nullable", None)
     _strip_defaults(status)  # the operator writes every status field itself
     conditions = status["properties"]["conditions"]
     conditions["x-kubernetes-list-type"] = "map"

@@ -53,7 +53,7 @@ class NodeGroup(_ApiModel):
 
 
 class Autoscaling(_ApiModel):
-    """How the node count follows the queue when spec.replicas is not set."""
+    """How the node count follows the queue when spec.replicas is absent."""
 
     model_config = ConfigDict(
         json_schema_extra={"x-kubernetes-validations": [{"rule": MIN_MAX_RULE, "message": MIN_MAX_MESSAGE}]}
@@ -119,7 +119,8 @@ class VideoPipelineSpec(_ApiModel):
         le=10_000,
         description=(
             "Pins the node count (manual mode; `kubectl scale vp/NAME --replicas=N` sets it). "
-            "Null or absent: the operator autoscales from the queue."
+            "Absent: the operator autoscales from the queue. To return to autoscaling, remove the "
+            'field: kubectl patch vp/NAME --type=merge -p \'{"spec":{"replicas":null}}\'.'
         ),
     )
     queue_url: Annotated[str, StringConstraints(pattern=QUEUE_URL_PATTERN, max_length=2048)] = Field(
@@ -132,7 +133,7 @@ class VideoPipelineSpec(_ApiModel):
         description="Name of the worker DaemonSet (informational; shown to users, not used for sizing).",
     )
     autoscaling: Autoscaling = Field(
-        default_factory=Autoscaling, description="Autoscaling bounds and behaviour (used when replicas is null)."
+        default_factory=Autoscaling, description="Autoscaling bounds and behaviour (used when replicas is absent)."
     )
 
 
