@@ -22,9 +22,28 @@ JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _BUCKET_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 MAX_KEY_BYTES = 1024
 
+# Limits on an untrusted body, checked before it is decoded. A real job message is a few
+# hundred bytes and an S3 event a few KiB, nested five deep; past these limits Python's
+# JSON decoder would fail with RecursionError or ValueError instead of a reason.
+MAX_BODY_BYTES = 256 * 1024  # SQS's classic message size limit
+MAX_NESTING = 32
+MAX_INTEGER_DIGITS = 20  # any 64-bit integer, sign included (S3 sizes, counts)
+# A reason travels on as an SQS message attribute, a log field and a notification.
+MAX_REASON_CHARS = 500
+
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
+
 
 class InvalidMessage(ValueError):
     """The message cannot become a job; the text says what is wrong. Goes to the dead-letter queue."""
+
+    def __init__(self, reason: str) -> None:
+        if len(reason) > MAX_REASON_CHARS:
+            reason = reason[:MAX_REASON_CHARS] + " ..."
+        # Quoted parts of the body may hold control characters or unpaired surrogates, which
+        # SQS refuses in an attribute value and UTF-8 cannot encode: show them escaped.
+        super().__init__("".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in reason))
 
 
 @dataclass(frozen=True)
@@ -44,7 +63,8 @@ class S3Location:
 def parse_s3_url(url: str, *, what: str, prefix: bool = False) -> S3Location:
     """``s3://bucket/key`` → S3Location, with the rules S3 itself enforces checked up front."""
     if not isinstance(url, str) or not url.startswith("s3://"):
-        raise InvalidMessage(f"{what} must be an s3://bucket/key URL, got {url!r}")
+        form = "s3://bucket/prefix/" if prefix else "s3://bucket/key"
+        raise InvalidMessage(f"{what} must be an {form} URL, got {url!r}")
     bucket, _, key = url[len("s3://") :].partition("/")
     if not _BUCKET_PATTERN.match(bucket) or ".." in bucket:
         raise InvalidMessage(f"{what} has an invalid bucket name {bucket!r}")
@@ -57,7 +77,12 @@ def parse_s3_url(url: str, *, what: str, prefix: bool = False) -> S3Location:
 
 
 def check_key(key: str, *, what: str) -> None:
-    if len(key.encode()) > MAX_KEY_BYTES:
+    try:
+        encoded = key.encode()
+    except UnicodeEncodeError:
+        # JSON can spell an unpaired surrogate (\ud800); no S3 key can hold one.
+        raise InvalidMessage(f"{what} key is not valid Unicode (it holds an unpaired surrogate)") from None
+    if len(encoded) > MAX_KEY_BYTES:
         raise InvalidMessage(f"{what} key is longer than S3's 1024-byte limit")
     if any(ord(char) < 32 for char in key):
         raise InvalidMessage(f"{what} key contains control characters")
@@ -90,7 +115,8 @@ class _OwnMessage(BaseModel):
     video: str = Field(description="s3:// URL of the video")
     output: str | None = Field(default=None, description="s3:// prefix for results")
     job_id: str | None = None
-    sample_fps: float | None = Field(default=None, gt=0, le=MAX_SAMPLE_FPS)
+    # Strict: a JSON number only. Lax parsing would take ``true`` as 1.0 and ``"2"`` as 2.0.
+    sample_fps: float | None = Field(default=None, gt=0, le=MAX_SAMPLE_FPS, strict=True, allow_inf_nan=False)
 
     @field_validator("job_id")
     @classmethod
@@ -101,17 +127,61 @@ class _OwnMessage(BaseModel):
 
 
 def parse_message(body: str | bytes) -> ParsedMessage:
-    """Parse an SQS message body into jobs, or raise InvalidMessage saying why not."""
+    """Parse an SQS message body into jobs, or raise InvalidMessage saying why not.
+
+    The body is untrusted: whatever it holds, the outcome is a ParsedMessage or an
+    InvalidMessage, never another exception (which would cost the worker its slot and
+    bring the message back until the queue's redrive gave up on it, without a reason).
+    """
+    size = len(body) if isinstance(body, bytes) else len(body.encode("utf-8", "surrogatepass"))
+    if size > MAX_BODY_BYTES:
+        raise InvalidMessage(f"message body is {size} bytes; a job message is at most {MAX_BODY_BYTES}")
     if isinstance(body, bytes):
         try:
             body = body.decode("utf-8")
         except UnicodeDecodeError:
             raise InvalidMessage("message body is not UTF-8 text") from None
     try:
-        document = json.loads(body)
+        return _parse_document(_decode_json(body, "message body"), depth=0)
+    except InvalidMessage:
+        raise
+    except Exception as error:
+        # Every known way a body can be wrong has its own reason above; this is the net for
+        # a case we did not foresee. Retrying cannot help: the same body fails the same way.
+        raise InvalidMessage(f"message could not be parsed ({type(error).__name__}: {error})") from error
+
+
+def _decode_json(text: str, what: str) -> Any:
+    if _nests_deeper_than(text, MAX_NESTING):
+        raise InvalidMessage(f"{what} nests arrays or objects more than {MAX_NESTING} deep")
+    try:
+        return json.loads(text, parse_int=_bounded_int)
     except json.JSONDecodeError as error:
-        raise InvalidMessage(f"message body is not JSON ({error.msg} at position {error.pos})") from None
-    return _parse_document(document, depth=0)
+        raise InvalidMessage(f"{what} is not JSON ({error.msg} at position {error.pos})") from None
+
+
+def _nests_deeper_than(text: str, limit: int) -> bool:
+    """Whether the JSON text's arrays and objects nest deeper than ``limit`` (brackets in strings do not count).
+
+    One pass that stops at the first bracket too deep, so that the decoder, which recurses
+    once per level, never sees such a body.
+    """
+    depth = 0
+    for bracket in _JSON_BRACKET.finditer(_JSON_STRING.sub('""', text)):
+        if bracket.group() in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+def _bounded_int(digits: str) -> int:
+    # Python refuses to convert more than 4300 digits (ValueError); no field needs more than 20.
+    if len(digits) > MAX_INTEGER_DIGITS:
+        raise InvalidMessage(f"message body holds a number of {len(digits)} digits; at most {MAX_INTEGER_DIGITS}")
+    return int(digits)
 
 
 def _parse_document(document: Any, depth: int) -> ParsedMessage:
@@ -123,10 +193,7 @@ def _parse_document(document: Any, depth: int) -> ParsedMessage:
         inner = document["Message"]
         if not isinstance(inner, str):
             raise InvalidMessage("SNS envelope's Message must be a JSON string")
-        try:
-            return _parse_document(json.loads(inner), depth + 1)
-        except json.JSONDecodeError as error:
-            raise InvalidMessage(f"SNS envelope's Message is not JSON ({error.msg})") from None
+        return _parse_document(_decode_json(inner, "SNS envelope's Message"), depth + 1)
     if document.get("Event") == "s3:TestEvent":
         return ParsedMessage(ignored_reason="S3 test event")
     if "Records" in document:
@@ -145,9 +212,14 @@ def _parse_own(document: dict[str, Any]) -> JobRequest:
             f"{'.'.join(str(p) for p in item['loc']) or 'message'}: {item['msg']}" for item in error.errors()
         )
         raise InvalidMessage(f"invalid job message: {problems}") from None
+    if message.output == "":
+        # Falling back to the default here would write results where the sender did not ask.
+        raise InvalidMessage(
+            "output is empty: give an s3://bucket/prefix/ URL, or leave the field out for the worker's default"
+        )
     return JobRequest(
         video=parse_s3_url(message.video, what="video"),
-        output=parse_s3_url(message.output, what="output", prefix=True) if message.output else None,
+        output=parse_s3_url(message.output, what="output", prefix=True) if message.output is not None else None,
         job_id=message.job_id,
         sample_fps=message.sample_fps,
     )
@@ -169,8 +241,10 @@ def _parse_s3_event(records: Any) -> ParsedMessage:
             raw_key = s3["object"]["key"]
         except (KeyError, TypeError):
             raise InvalidMessage(f"S3 event record {index} lacks s3.bucket.name or s3.object.key") from None
+        if not isinstance(bucket, str) or not isinstance(raw_key, str):
+            raise InvalidMessage(f"S3 event record {index}: s3.bucket.name and s3.object.key must be strings")
         # S3 event keys are URL-encoded with '+' for spaces.
-        key = unquote_plus(str(raw_key))
+        key = unquote_plus(raw_key)
         location = parse_s3_url(f"s3://{bucket}/{key}", what=f"S3 event record {index}")
         obj = s3.get("object") or {}
         size = obj.get("size")

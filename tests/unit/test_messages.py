@@ -6,7 +6,15 @@ import json
 
 import pytest
 
-from framescale.messages import InvalidMessage, S3Location, derive_job_id, parse_message
+from framescale.messages import (
+    MAX_BODY_BYTES,
+    MAX_NESTING,
+    MAX_REASON_CHARS,
+    InvalidMessage,
+    S3Location,
+    derive_job_id,
+    parse_message,
+)
 
 
 def s3_event(key: str, bucket: str = "videos", event: str = "ObjectCreated:Put") -> dict:
@@ -92,12 +100,83 @@ def test_s3_event_with_several_records_gives_several_jobs() -> None:
         ('{"Records": [{"eventName": "ObjectCreated:Put", "s3": {}}]}', "lacks s3.bucket.name"),
         ('{"Type": "Notification", "Message": "{broken"}', "not JSON"),
         ('{"Type": "Notification", "Message": 5}', "JSON string"),
+        ('{"video": "s3://videos/a.mp4", "sample_fps": true}', "sample_fps: Input should be a valid number"),
+        ('{"video": "s3://videos/a.mp4", "sample_fps": "2"}', "sample_fps: Input should be a valid number"),
+        ('{"video": "s3://videos/a.mp4", "sample_fps": NaN}', "sample_fps: Input should be a finite number"),
+        ('{"video": "s3://videos/a.mp4", "output": ""}', "output is empty"),
+        ('{"video": "s3://videos/a.mp4", "output": 7}', "output"),
+        (
+            '{"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}, "object": {"key": 1}}}]}',
+            "must be strings",
+        ),
     ],
 )
 def test_bad_messages_say_what_is_wrong(body: str, says: str) -> None:
     with pytest.raises(InvalidMessage) as error:
         parse_message(body)
     assert says in str(error.value)
+
+
+# Bodies that once escaped parse_message as RecursionError, ValueError or UnicodeEncodeError
+# and cost the worker its slot.
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ("[" * 200_000, f"more than {MAX_NESTING} deep"),
+        ('{"video": "s3://videos/a.mp4", "x": ' + "{" * 200_000, f"more than {MAX_NESTING} deep"),
+        (json.dumps({"Type": "Notification", "Message": "[" * 5_000}), "Message nests arrays or objects more than"),
+        ('{"video": "s3://videos/a.mp4", "sample_fps": 1' + "0" * 5_000 + "}", "number of 5001 digits"),
+        (json.dumps(s3_event("x")).replace('"size": 123', '"size": ' + "9" * 5_000), "number of 5000 digits"),
+        ('{"video": "s3://videos/\\ud800.mp4"}', "video key is not valid Unicode"),
+        ('{"video": "s3://videos/a.mp4", "output": "s3://out/\\udfff/"}', "output key is not valid Unicode"),
+        (json.dumps(s3_event("x")).replace('"key": "x"', '"key": "\\ud800"'), "record 0 key is not valid Unicode"),
+        ("{" + " " * MAX_BODY_BYTES + "}", f"at most {MAX_BODY_BYTES}"),
+    ],
+    ids=[
+        "deep-array",
+        "deep-object",
+        "deep-in-sns",
+        "long-number",
+        "long-number-in-s3-event",
+        "surrogate-video",
+        "surrogate-output",
+        "surrogate-s3-event",
+        "too-big",
+    ],
+)
+def test_hostile_bodies_are_invalid_messages(body: str, says: str) -> None:
+    with pytest.raises(InvalidMessage) as error:
+        parse_message(body)
+    assert says in str(error.value)
+
+
+def test_nesting_limit_counts_brackets_outside_strings_only() -> None:
+    (job,) = parse_message(json.dumps({"video": "s3://videos/" + "[" * 500 + ".mp4"})).jobs
+    assert job.video.key == "[" * 500 + ".mp4"
+    at_limit = "[" * MAX_NESTING + "]" * MAX_NESTING
+    with pytest.raises(InvalidMessage, match="JSON object"):  # deep enough, but allowed: the shape is what is wrong
+        parse_message(at_limit)
+    with pytest.raises(InvalidMessage, match="deep"):
+        parse_message("[" + at_limit + "]")
+
+
+def test_reasons_are_short_and_printable_whatever_the_body_held() -> None:
+    # The reason becomes an SQS message attribute: no control characters, no surrogates, bounded size.
+    with pytest.raises(InvalidMessage) as unknown_field:
+        parse_message('{"video": "s3://videos/a.mp4", "bad\\u0000\\ud800": 1}')
+    with pytest.raises(InvalidMessage) as long_url:
+        parse_message(json.dumps({"video": "http://" + "x" * 100_000}))
+    for error in (unknown_field, long_url):
+        reason = str(error.value)
+        assert reason.isprintable(), reason
+        reason.encode("utf-8")  # raises on a surrogate
+        assert len(reason) <= MAX_REASON_CHARS + 4
+    assert "must be an s3://bucket/key URL" in str(long_url.value)
+
+
+def test_output_null_means_the_default_like_a_missing_field() -> None:
+    (job,) = parse_message('{"video": "s3://videos/a.mp4", "output": null}').jobs
+    assert job.output is None
 
 
 def test_non_utf8_body_is_rejected() -> None:
