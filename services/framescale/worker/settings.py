@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from framescale.settings import ComponentSettings
 
 MIB = 1024 * 1024
+PREFIX = "FRAMESCALE_WORKER_"
+# SQS's longest visibility timeout: a message handed back for later cannot wait longer.
+SQS_MAX_VISIBILITY_SECONDS = 43200
+
+
+def _variable(field: str) -> str:
+    return PREFIX + field.upper()
+
+
+def _earlier(info: ValidationInfo, field: str) -> Any:
+    """A field declared (and validated) before this one; None when it was itself invalid."""
+    return info.data.get(field)
 
 
 class WorkerSettings(ComponentSettings):
-    model_config = SettingsConfigDict(env_prefix="FRAMESCALE_WORKER_")
+    model_config = SettingsConfigDict(env_prefix=PREFIX)
 
     # --- the queue and where results go
     queue_url: str = Field(description="SQS queue the worker long-polls for job messages.")
@@ -64,10 +76,21 @@ class WorkerSettings(ComponentSettings):
         default=120, ge=10, le=43200, description="Visibility granted per heartbeat while a job runs."
     )
     heartbeat_seconds: float | None = Field(
-        default=None, gt=0, description="Heartbeat period; a third of the visibility timeout when unset."
+        default=None,
+        gt=0,
+        description="Heartbeat period, below the visibility timeout; a third of the visibility timeout when unset.",
     )
     retry_delay_seconds: int = Field(
-        default=30, ge=0, le=43200, description="Delay before a transiently failed job is seen again."
+        default=30,
+        ge=0,
+        le=SQS_MAX_VISIBILITY_SECONDS,
+        description="Delay before a transiently failed job is seen again; doubles with each receive.",
+    )
+    retry_delay_max_seconds: int = Field(
+        default=3600,
+        ge=0,
+        le=SQS_MAX_VISIBILITY_SECONDS,
+        description="Cap on the growing retry delay (never below RETRY_DELAY_SECONDS).",
     )
     transient_retries: int = Field(default=4, ge=0, le=20, description="In-job retries of transient errors.")
     backoff_base_seconds: float = Field(default=0.5, gt=0)
@@ -96,18 +119,64 @@ class WorkerSettings(ComponentSettings):
     pipeline_name: str | None = Field(default=None, description="VideoPipeline this worker serves.")
     lease_duration_seconds: int = Field(default=60, ge=10, le=3600)
 
-    @model_validator(mode="after")
-    def _check(self) -> WorkerSettings:
-        if not self.queue_url.startswith(("https://", "http://")):
-            raise ValueError(f"queue_url must be an SQS queue URL (https://...), got {self.queue_url!r}")
-        if self.output is not None and not self.output.startswith("s3://"):
-            raise ValueError(f"output must be an s3://bucket/prefix/ URL, got {self.output!r}")
-        if self.lease_enabled and not self.node_name:
-            raise ValueError("lease_enabled needs node_name (set FRAMESCALE_WORKER_NODE_NAME from spec.nodeName)")
-        if self.backoff_max_seconds < self.backoff_base_seconds:
-            raise ValueError("backoff_max_seconds must be at least backoff_base_seconds")
-        return self
+    # Field validators (not one model validator) so each error is reported under the
+    # variable to change; a check across fields sits on the later field and names both.
+
+    @field_validator("queue_url")
+    @classmethod
+    def _queue_url(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must be an SQS queue URL (https://sqs.<region>.amazonaws.com/<account>/<queue>)")
+        return value
+
+    @field_validator("output")
+    @classmethod
+    def _output(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        bucket = value[len("s3://") :].partition("/")[0] if value.startswith("s3://") else ""
+        if not bucket:
+            raise ValueError("must be an s3://bucket/prefix/ URL naming a bucket")
+        return value
+
+    @field_validator("heartbeat_seconds")
+    @classmethod
+    def _heartbeat(cls, value: float | None, info: ValidationInfo) -> float | None:
+        visibility = _earlier(info, "visibility_timeout_seconds")
+        if value is not None and visibility is not None and value >= visibility:
+            raise ValueError(
+                f"must be less than {_variable('visibility_timeout_seconds')} ({visibility}), or the message "
+                "becomes visible to other workers between beats"
+            )
+        return value
+
+    @field_validator("backoff_max_seconds")
+    @classmethod
+    def _backoff_max(cls, value: float, info: ValidationInfo) -> float:
+        base = _earlier(info, "backoff_base_seconds")
+        if base is not None and value < base:
+            raise ValueError(f"must be at least {_variable('backoff_base_seconds')} ({base})")
+        return value
+
+    @field_validator("node_name")
+    @classmethod
+    def _node_name(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if _earlier(info, "lease_enabled") and not value:
+            raise ValueError(
+                f"is needed when {_variable('lease_enabled')} is true (set it from the downward API spec.nodeName)"
+            )
+        return value
 
     @property
     def heartbeat_period(self) -> float:
         return self.heartbeat_seconds or self.visibility_timeout_seconds / 3.0
+
+    def retry_delay(self, receive_count: int) -> int:
+        """Visibility delay after a transient failure on the ``receive_count``-th receive.
+
+        It doubles with each receive (up to the cap) so that a long outage spends hours,
+        not minutes, of the queue's redrive maxReceiveCount.
+        """
+        doublings = min(max(receive_count - 1, 0), 30)
+        cap = max(self.retry_delay_max_seconds, self.retry_delay_seconds)
+        return min(self.retry_delay_seconds * 2**doublings, cap)
