@@ -1,8 +1,10 @@
 """What a job produces: detection lines, the summary, and notifications.
 
 ``<output>/<job_id>/detections.jsonl`` holds one line per sampled frame in frame order;
-``summary.json`` is written last and is the commit marker: a job whose summary exists is
-complete, a job without one is not (DESIGN.md, "Results").
+``summary.json`` is written last, once, and only after detections.jsonl is complete: a job
+whose summary exists is complete, a job without one is not (DESIGN.md, "Results"). The
+worker stages its lines under ``<job_id>/_staging/`` until it has won the commit
+(framescale.worker.commit) and removes them after.
 """
 
 from __future__ import annotations

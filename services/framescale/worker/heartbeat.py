@@ -6,14 +6,30 @@ import logging
 import threading
 from typing import Any
 
+from botocore.exceptions import ClientError
+
+from framescale import logs
+
 log = logging.getLogger(__name__)
+
+# What SQS answers when this receipt handle no longer holds the message: it became visible
+# and another receive took it, or it was deleted.
+_HANDLE_GONE = frozenset({"ReceiptHandleIsInvalid", "MessageNotInflight"})
+
+
+def _handle_gone(error: ClientError) -> bool:
+    details = error.response.get("Error", {})
+    code, message = str(details.get("Code", "")), str(details.get("Message", ""))
+    return code in _HANDLE_GONE or (code == "InvalidParameterValue" and "ReceiptHandle" in message)
 
 
 class VisibilityHeartbeat:
     """Extends the message's visibility every ``period`` seconds by ``extension`` seconds.
 
     It runs in a daemon thread of the process doing the job: when that process dies, the
-    heartbeat dies with it and the message reappears after its current timeout.
+    heartbeat dies with it and the message reappears after its current timeout. Stop it
+    before deleting the message or changing its visibility, or a late beat could undo a
+    hand-back.
     """
 
     def __init__(self, sqs: Any, queue_url: str, receipt_handle: str, *, extension: int, period: float) -> None:
@@ -24,8 +40,9 @@ class VisibilityHeartbeat:
         self.period = period
         self.beats = 0
         self.failures = 0
+        self.lost = False  # the receipt handle stopped working: the message may be another worker's now
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="visibility-heartbeat", daemon=True)
+        self._thread = logs.thread(self._run, name="visibility-heartbeat")
 
     def __enter__(self) -> VisibilityHeartbeat:
         self._thread.start()
@@ -35,9 +52,10 @@ class VisibilityHeartbeat:
         self.stop()
 
     def stop(self) -> None:
+        """Stop beating; returns once no beat is in flight (bounded by the SQS call's own timeouts)."""
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=30)
 
     def _run(self) -> None:
         while not self._stop.wait(self.period):
@@ -46,6 +64,19 @@ class VisibilityHeartbeat:
                     QueueUrl=self.queue_url, ReceiptHandle=self.receipt_handle, VisibilityTimeout=self.extension
                 )
                 self.beats += 1
+            except ClientError as error:
+                self.failures += 1
+                if _handle_gone(error):
+                    # Beating again cannot help. The job goes on: if another worker runs it
+                    # too, the conditional commit lets only one result set through.
+                    self.lost = True
+                    log.error(
+                        "visibility heartbeat: the message is no longer held by this worker (receipt handle "
+                        "not valid); another worker may run the job too, and only one result will be committed",
+                        extra={"error": str(error), "stage": "heartbeat"},
+                    )
+                    return
+                log.warning("visibility heartbeat failed; will try again", extra={"error": str(error)})
             except Exception as error:  # keep beating: a blip must not end the job
                 self.failures += 1
-                log.warning("visibility heartbeat failed", extra={"error": str(error)})
+                log.warning("visibility heartbeat failed; will try again", extra={"error": str(error)})

@@ -166,6 +166,13 @@ class ModelClient:
         return response, time.perf_counter() - started
 
 
+def answered_version(response: pb.PredictResponse) -> int | None:
+    """The model version that answered, as TF Serving names it in the response's model_spec."""
+    if response.HasField("model_spec") and response.model_spec.HasField("version"):
+        return int(response.model_spec.version.value)
+    return None
+
+
 def read_detections(
     response: pb.PredictResponse,
     fits: list[Fit],

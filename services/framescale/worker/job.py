@@ -1,16 +1,17 @@
 """One job: a video in S3 becomes ordered detections and a summary in S3.
 
 Stages: resolve (HEAD, limits, job id, already done?) → download (streamed to disk) →
-probe → decode + infer (pipelined, bounded memory) → upload detections → upload summary.
-``summary.json`` is written last: it is the commit marker that says the job is complete.
+probe → decode + infer (pipelined, bounded memory) → stage the detections → commit and
+finalize (framescale.worker.commit: ``summary.json`` appears last, once, and only when
+``detections.jsonl`` is complete).
 """
 
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,14 +20,13 @@ from typing import Any
 
 import grpc
 import numpy as np
-from boto3.s3.transfer import TransferConfig
-from botocore.exceptions import ClientError
 
-from framescale import results
+from framescale import logs, results
 from framescale.messages import JobRequest, S3Location, derive_job_id
+from framescale.worker.commit import ResultStore
 from framescale.worker.errors import JobCancelled, PermanentJobError, TransientJobError
 from framescale.worker.geometry import Fit, fit_frame, plan_fit
-from framescale.worker.inference import ModelClient, read_detections, rpc_error
+from framescale.worker.inference import ModelClient, answered_version, read_detections, rpc_error
 from framescale.worker.retry import RetryPolicy, aws_error
 from framescale.worker.sampling import FrameSampler
 from framescale.worker.settings import WorkerSettings
@@ -34,9 +34,10 @@ from framescale.worker.video import DecodeStats, VideoInfo, open_video, sampled_
 
 log = logging.getLogger(__name__)
 
-# Objects stream to and from disk in bounded chunks, never whole into memory.
-TRANSFER = TransferConfig(multipart_threshold=16 * 1024 * 1024, multipart_chunksize=16 * 1024 * 1024, max_concurrency=4)
+# The video streams to disk in bounded chunks, never whole into memory.
 DOWNLOAD_CHUNK_BYTES = 1024 * 1024
+# How often a wait for a Predict answer looks at the cancel flag (shutdown).
+CANCEL_POLL_SECONDS = 0.2
 
 
 @dataclass
@@ -46,7 +47,7 @@ class JobReport:
     job_id: str = ""
     input_url: str = ""
     output_url: str = ""
-    status: str = "failed"  # succeeded | skipped (already complete) | failed
+    status: str = "failed"  # succeeded | skipped (already complete) | repaired (a crashed commit finished) | failed
     frames_decoded: int = 0
     frames_sampled: int = 0
     detections: int = 0
@@ -55,6 +56,9 @@ class JobReport:
     download_failures: int = 0
     upload_failures: int = 0
     summary: dict[str, Any] | None = None
+    received: float = field(default_factory=time.perf_counter)  # when the message arrived (perf_counter)
+    input_size: tuple[int, int] | None = None  # (height, width) of the frames sent to the model
+    model_version: int | None = None  # as the Predict answers name it
 
 
 @dataclass(frozen=True)
@@ -74,12 +78,13 @@ class JobRunner:
         s3: Any,
         model: ModelClient,
         *,
-        cancelled: Callable[[], bool] = lambda: False,
+        cancel: threading.Event | None = None,
     ) -> None:
         self.settings = settings
         self.s3 = s3
         self.model = model
-        self.cancelled = cancelled
+        self.cancel = cancel or threading.Event()
+        self.cancelled = self.cancel.is_set
         self.retry = RetryPolicy(
             attempts=settings.transient_retries + 1,
             base_seconds=settings.backoff_base_seconds,
@@ -90,16 +95,24 @@ class JobRunner:
     # ------------------------------------------------------------------ entry
 
     def run(self, request: JobRequest, report: JobReport) -> JobReport:
-        started = time.perf_counter()
         report.input_url = request.video.url
         job = self.resolve(request, report)
         report.job_id = job.job_id
         report.output_url = job.output.url
-        existing = self._existing_summary(job)
-        if existing is not None:
-            report.status = "skipped"
-            report.summary = existing
-            log.info("job already complete; results left as they are", extra={"job_id": job.job_id})
+        logs.bind(job_id=job.job_id)
+        log.info("job started", extra={"input": request.video.url, "output": job.output.url, "stage": "resolve"})
+
+        def upload_retried(_: TransientJobError) -> None:
+            report.upload_failures += 1
+
+        store = ResultStore(
+            self.s3, job.output, job.job_id, retry=self.retry, cancel=self.cancel, on_upload_retry=upload_retried
+        )
+        done = store.completed()
+        if done is not None:
+            report.status, report.summary = done
+            if report.status == "skipped":
+                log.info("job already complete; results left as they are", extra={"stage": "resolve"})
             return report
         with tempfile.TemporaryDirectory(prefix="job-", dir=self.settings.work_dir) as scratch:
             folder = Path(scratch)
@@ -111,17 +124,12 @@ class JobRunner:
                 report, "decode_and_infer", lambda: self._decode_and_infer(job, video_path, detections_path, report)
             )
             self._check_cancel()
-            self._timed(report, "upload", lambda: self._upload_results(job, detections_path, report))
-            report.timings["total"] = round(time.perf_counter() - started, 4)
-            summary = self._summary(job, info, label_counts, report)
-            committed = self._timed(report, "commit", lambda: self._put_summary(job, summary, report))
-        if not committed:
-            log.info("another worker committed this job first; its results stand", extra={"job_id": job.job_id})
-            report.status = "skipped"
-            report.summary = self._existing_summary(job) or summary
-            return report
-        report.status = "succeeded"
-        report.summary = summary
+            self._timed(report, "upload", lambda: store.stage(detections_path))
+        report.timings["total"] = round(time.perf_counter() - report.received, 4)
+        summary = self._summary(job, info, label_counts, report)
+        report.status, report.summary = self._timed(report, "commit", lambda: store.commit(summary))
+        # From receive to finished commit (the summary above could not include its own commit).
+        report.timings["total"] = round(time.perf_counter() - report.received, 4)
         return report
 
     # ------------------------------------------------------------------ resolve
@@ -164,24 +172,6 @@ class JobRunner:
         sample_fps = request.sample_fps or self.settings.sample_fps
         return ResolvedJob(request, job_id, etag, size, base.child(job_id, ""), sample_fps)
 
-    def _existing_summary(self, job: ResolvedJob) -> dict[str, Any] | None:
-        key = job.output.child(results.SUMMARY_FILE)
-
-        def get() -> dict[str, Any] | None:
-            try:
-                body = self.s3.get_object(Bucket=key.bucket, Key=key.key)["Body"].read()
-            except self.s3.exceptions.NoSuchKey:
-                return None
-            return dict(json.loads(body))
-
-        try:
-            summary = self.retry.call(get, classify=lambda e: aws_error(e, stage="resolve", what=f"GET {key.url}"))
-        except json.JSONDecodeError:
-            return None
-        if summary is None or summary.get("status") != "succeeded" or summary.get("job_id") != job.job_id:
-            return None
-        return summary
-
     # ------------------------------------------------------------------ download
 
     def _download(self, job: ResolvedJob, path: Path, report: JobReport) -> None:
@@ -208,7 +198,7 @@ class JobRunner:
             self.retry.call(
                 fetch,
                 classify=lambda e: aws_error(e, stage="download", what=f"GET {video.url}"),
-                cancelled=self.cancelled,
+                cancel=self.cancel,
                 on_retry=failed,
             )
         except TransientJobError:
@@ -230,7 +220,7 @@ class JobRunner:
                 if isinstance(e, grpc.RpcError)
                 else TransientJobError(str(e), stage="model")
             ),
-            cancelled=self.cancelled,
+            cancel=self.cancel,
         )
 
     def _decode_and_infer(
@@ -240,6 +230,7 @@ class JobRunner:
         try:
             self._check_limits(info)
             height, width = self._input_size(info)
+            report.input_size = (height, width)
             fit = plan_fit(info.height, info.width, height, width, self.settings.resize_mode)
             sampler = FrameSampler(info.fps, job.sample_fps)
             stats = DecodeStats()
@@ -255,6 +246,7 @@ class JobRunner:
                     stats,
                     max_bad_ratio=self.settings.max_bad_frame_ratio,
                     should_stop=self.cancelled,
+                    max_seconds=self.settings.max_duration_seconds,
                 )
                 for index, pts_ms, frame in frames:
                     fit_frame(frame, fit, batch[len(meta)])
@@ -292,66 +284,12 @@ class JobRunner:
         if self.cancelled():
             raise JobCancelled("shutdown: job handed back")
 
-    # ------------------------------------------------------------------ upload
-
-    def _put(self, location: S3Location, body: bytes | Path, content_type: str, report: JobReport) -> None:
-        def put() -> None:
-            if isinstance(body, Path):
-                self.s3.upload_file(
-                    str(body), location.bucket, location.key, ExtraArgs={"ContentType": content_type}, Config=TRANSFER
-                )
-            else:
-                self.s3.put_object(Bucket=location.bucket, Key=location.key, Body=body, ContentType=content_type)
-
-        def failed(_: TransientJobError) -> None:
-            report.upload_failures += 1
-
-        try:
-            self.retry.call(
-                put, classify=lambda e: aws_error(e, stage="upload", what=f"PUT {location.url}"), on_retry=failed
-            )
-        except TransientJobError:
-            report.upload_failures += 1
-            raise
-
-    def _upload_results(self, job: ResolvedJob, detections_path: Path, report: JobReport) -> None:
-        self._put(job.output.child(results.DETECTIONS_FILE), detections_path, "application/x-ndjson", report)
-
-    def _put_summary(self, job: ResolvedJob, summary: dict[str, Any], report: JobReport) -> bool:
-        """Write the commit marker once: False when another worker committed this job first.
-
-        ``If-None-Match: *`` makes S3 refuse to overwrite an existing summary, so two
-        workers racing on a duplicated message cannot both publish a result set.
-        """
-        location = job.output.child(results.SUMMARY_FILE)
-        body = json.dumps(summary, indent=2).encode()
-
-        def put() -> bool:
-            try:
-                self.s3.put_object(
-                    Bucket=location.bucket,
-                    Key=location.key,
-                    Body=body,
-                    ContentType="application/json",
-                    IfNoneMatch="*",
-                )
-            except ClientError as error:
-                if error.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
-                    return False
-                raise
-            return True
-
-        def failed(_: TransientJobError) -> None:
-            report.upload_failures += 1
-
-        return self.retry.call(
-            put, classify=lambda e: aws_error(e, stage="upload", what=f"PUT {location.url}"), on_retry=failed
-        )
+    # ------------------------------------------------------------------ summary
 
     def _summary(
         self, job: ResolvedJob, info: VideoInfo, label_counts: dict[str, int], report: JobReport
     ) -> dict[str, Any]:
-        signature = self.model._signature
+        signature = self.model_signature()
         return {
             "format_version": results.RESULT_FORMAT_VERSION,
             "job_id": job.job_id,
@@ -363,9 +301,10 @@ class JobRunner:
             },
             "model": {
                 "name": self.model.model_name,
-                "version": signature.version if signature else None,
+                # The version that answered, not merely the one the metadata named before.
+                "version": report.model_version if report.model_version is not None else signature.version,
                 "signature": self.model.signature_name,
-                "input_size": [signature.input_height, signature.input_width] if signature else None,
+                "input_size": list(report.input_size) if report.input_size else None,
                 "resize_mode": self.settings.resize_mode,
                 "score_threshold": self.settings.score_threshold,
             },
@@ -419,8 +358,8 @@ class _InferencePipeline:
     def _complete_oldest(self) -> None:
         future, batch, meta, started = self.pending.popleft()
         try:
-            response = future.result()
-            self.report.model_latencies.append(time.perf_counter() - started)
+            response = self._await(future)
+            latency = time.perf_counter() - started
         except grpc.RpcError as error:
             failure = rpc_error(error, what="Predict")
             if isinstance(failure, PermanentJobError):
@@ -428,15 +367,16 @@ class _InferencePipeline:
             # Retry this batch on its own, in order; later batches wait behind it.
             log.warning("Predict failed, retrying batch", extra={"reason": failure.reason, "stage": "inference"})
             response, latency = self.runner.retry.call(
-                lambda: self.runner.model.predict(batch),
+                lambda: self._predict(batch),
                 classify=lambda e: (
                     rpc_error(e, what="Predict")
                     if isinstance(e, grpc.RpcError)
                     else TransientJobError(str(e), stage="inference")
                 ),
-                cancelled=self.runner.cancelled,
+                cancel=self.runner.cancel,
             )
-            self.report.model_latencies.append(latency)
+        self.report.model_latencies.append(latency)
+        self._note_version(response)
         settings = self.runner.settings
         per_frame = read_detections(
             response,
@@ -451,10 +391,40 @@ class _InferencePipeline:
                 self.counts[detection.label] = self.counts.get(detection.label, 0) + 1
             self.report.detections += len(detections)
 
+    def _predict(self, batch: np.ndarray) -> tuple[Any, float]:
+        started = time.perf_counter()
+        return self._await(self.runner.model.submit(batch)), time.perf_counter() - started
+
+    def _await(self, future: Any) -> Any:
+        """The answer to a Predict; a shutdown stops the wait within CANCEL_POLL_SECONDS, not the RPC timeout."""
+        while True:
+            try:
+                return future.result(timeout=CANCEL_POLL_SECONDS)
+            except grpc.FutureTimeoutError:
+                if self.runner.cancelled():
+                    future.cancel()
+                    raise JobCancelled("shutdown: job handed back during inference") from None
+
+    def _note_version(self, response: Any) -> None:
+        version = answered_version(response)
+        if version is None:
+            return
+        if self.report.model_version not in (None, version):
+            log.warning(
+                "the model version changed during the job; the summary names the last one",
+                extra={"from_version": self.report.model_version, "to_version": version, "stage": "inference"},
+            )
+        self.report.model_version = version
+
 
 class _FailedFuture:
+    """A Predict that failed before it started; answers like a failed gRPC future."""
+
     def __init__(self, error: grpc.RpcError) -> None:
         self.error = error
 
-    def result(self) -> Any:
+    def result(self, timeout: float | None = None) -> Any:
         raise self.error
+
+    def cancel(self) -> bool:
+        return False

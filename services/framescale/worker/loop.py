@@ -1,7 +1,9 @@
 """One slot: receive a message, run its jobs, then delete, dead-letter or hand it back.
 
 ``SlotWorker.handle(message)`` is the whole loop body and returns a MessageOutcome, so a
-test can drive it message by message; ``run()`` repeats it until asked to stop.
+test can drive it message by message; ``run()`` repeats it until asked to stop. The jobs
+run first, with the visibility heartbeat going; what becomes of the message is settled
+only after the heartbeat has stopped, so no late beat can undo a hand-back.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from framescale import names
+from framescale import logs, names
 from framescale.messages import InvalidMessage, ParsedMessage, parse_message
-from framescale.worker.errors import JobCancelled, JobError, PermanentJobError, TransientJobError
+from framescale.worker.errors import JobCancelled, PermanentJobError, TransientJobError
 from framescale.worker.heartbeat import VisibilityHeartbeat
 from framescale.worker.inference import ModelClient
 from framescale.worker.job import JobReport, JobRunner
@@ -28,6 +30,7 @@ EventSink = Callable[[dict[str, Any]], None]
 # While the model is available, re-check it at most this often (a check is one RPC).
 READY_CACHE_SECONDS = 10.0
 MODEL_WAIT_SECONDS = 1.0
+COMPLETED = frozenset({"succeeded", "skipped", "repaired"})
 
 
 @dataclass
@@ -39,6 +42,8 @@ class MessageOutcome:
     stage: str | None = None
     reports: list[JobReport] = field(default_factory=list)
     receive_count: int = 0
+    failed: JobReport | None = None  # dead_lettered: the job the error notification is about
+    delay: int = 0  # retry_later: seconds until the message is seen again
 
 
 class SlotWorker:
@@ -62,8 +67,9 @@ class SlotWorker:
         self.stopping = stopping or threading.Event()  # stop taking new messages
         self.cancel = cancel or threading.Event()  # give up the job in hand
         self.notifier = Notifier(sns, settings.success_topic_arn, settings.error_topic_arn)
-        self.runner = JobRunner(settings, s3, model, cancelled=self.cancel.is_set)
-        self.in_job = False
+        self.runner = JobRunner(settings, s3, model, cancel=self.cancel)
+        self.in_job = False  # from just before a message's stopping check until it is settled
+        self.receiving = False  # only while blocked in the long poll
         self._ready_checked = -READY_CACHE_SECONDS
         self._ready_logged = -60.0
 
@@ -76,8 +82,10 @@ class SlotWorker:
             if not self.model_ready():
                 self.stopping.wait(MODEL_WAIT_SECONDS)
                 continue
-            for message in self.receive():
-                self.handle(message)
+            messages = self.receive()
+            received = time.perf_counter()
+            for message in messages:
+                self.handle(message, received=received)
 
     def model_ready(self) -> bool:
         now = time.monotonic()
@@ -95,6 +103,9 @@ class SlotWorker:
         return False
 
     def receive(self) -> list[dict[str, Any]]:
+        # A shutdown signal may interrupt this wait and only this one: once a message is in
+        # hand it must be settled (at least handed back), never dropped.
+        self.receiving = True
         try:
             response = self.sqs.receive_message(
                 QueueUrl=self.settings.queue_url,
@@ -108,88 +119,129 @@ class SlotWorker:
             log.warning("receive failed; retrying shortly", extra={"error": str(error), "stage": "receive"})
             self.stopping.wait(2.0)
             return []
+        finally:
+            self.receiving = False
         return list(response.get("Messages", []))
 
     # ------------------------------------------------------------------ one message
 
-    def handle(self, message: dict[str, Any]) -> MessageOutcome:
+    def handle(self, message: dict[str, Any], *, received: float | None = None) -> MessageOutcome:
+        received = received if received is not None else time.perf_counter()
         attributes = message.get("Attributes", {})
         receive_count = int(attributes.get("ApproximateReceiveCount", "1"))
         sent_ms = int(attributes.get("SentTimestamp", "0") or 0)
-        if self.stopping.is_set():
-            return self._finish(message, self._hand_back(message, "shutting down before the job started"))
-        self.in_job = True
-        self.events(
-            {"type": "job_started", "time_in_backlog": max(0.0, time.time() - sent_ms / 1000) if sent_ms else None}
-        )
-        try:
-            with VisibilityHeartbeat(
-                self.sqs,
-                self.settings.queue_url,
-                message["ReceiptHandle"],
-                extension=self.settings.visibility_timeout_seconds,
-                period=self.settings.heartbeat_period,
-            ):
-                outcome = self._process(message)
-        finally:
-            self.in_job = False
-        outcome.receive_count = receive_count
-        return self._finish(message, outcome)
+        with logs.scope(message_id=message.get("MessageId"), receive_count=receive_count):
+            # In a job before the stopping check: a signal from here on gets the grace period.
+            self.in_job = True
+            try:
+                if self.stopping.is_set():
+                    outcome = MessageOutcome("handed_back", reason="shutting down before the job started")
+                else:
+                    self.events(
+                        {
+                            "type": "job_started",
+                            # For the supervisor to hand the message back if it must kill this slot.
+                            "receipt_handle": message["ReceiptHandle"],
+                            "message_id": message.get("MessageId"),
+                            "time_in_backlog": max(0.0, time.time() - sent_ms / 1000) if sent_ms else None,
+                        }
+                    )
+                    log.info("message received", extra={"stage": "receive"})
+                    with VisibilityHeartbeat(
+                        self.sqs,
+                        self.settings.queue_url,
+                        message["ReceiptHandle"],
+                        extension=self.settings.visibility_timeout_seconds,
+                        period=self.settings.heartbeat_period,
+                    ):
+                        outcome = self._process(message, received)
+                outcome.receive_count = receive_count
+                self._settle(message, outcome)
+                log.info("message settled", extra={"action": outcome.action, "stage": "settle"})
+            finally:
+                self.in_job = False
+        self.events({"type": "job_finished", "outcome": outcome})
+        return outcome
 
-    def _process(self, message: dict[str, Any]) -> MessageOutcome:
+    def _process(self, message: dict[str, Any], received: float) -> MessageOutcome:
+        """Run the message's jobs; say what should become of the message, but do not do it yet."""
         try:
             parsed: ParsedMessage = parse_message(message.get("Body", ""))
         except InvalidMessage as error:
-            log.error("invalid message", extra={"reason": str(error), "message_id": message.get("MessageId")})
-            return self._dead_letter(message, str(error), "parse", job_id=message.get("MessageId", ""), input_url="")
+            failed = JobReport(job_id=message.get("MessageId", ""))
+            return MessageOutcome("dead_lettered", reason=str(error), stage="parse", failed=failed)
         if parsed.ignored_reason:
-            self._delete(message)
             return MessageOutcome("ignored", reason=parsed.ignored_reason)
         reports: list[JobReport] = []
         for request in parsed.jobs:
-            report = JobReport(input_url=request.video.url)
+            report = JobReport(input_url=request.video.url, received=received)
             reports.append(report)
+            logs.bind(job_id=request.job_id)  # None until resolved, for S3 events
             try:
                 self.runner.run(request, report)
             except JobCancelled as error:
-                return self._hand_back(message, str(error), reports)
+                return MessageOutcome("handed_back", reason=str(error), reports=reports)
             except TransientJobError as error:
-                return self._retry_later(message, error, reports)
+                return MessageOutcome("retry_later", reason=error.reason, stage=error.stage, reports=reports)
             except PermanentJobError as error:
-                return self._dead_letter(
-                    message,
-                    str(error.reason),
-                    error.stage,
-                    job_id=report.job_id or request.job_id or message.get("MessageId", ""),
-                    input_url=request.video.url,
-                    output_url=report.output_url or None,
-                    reports=reports,
+                report.job_id = report.job_id or request.job_id or message.get("MessageId", "")
+                return MessageOutcome(
+                    "dead_lettered", reason=error.reason, stage=error.stage, reports=reports, failed=report
                 )
             except Exception as error:  # a bug of ours: hand it back; redrive bounds the retries
-                log.exception("unexpected error in job", extra={"job_id": report.job_id, "stage": "job"})
-                failure = TransientJobError(f"unexpected {type(error).__name__}: {error}", stage="job")
-                return self._retry_later(message, failure, reports)
+                log.exception("unexpected error in job", extra={"stage": "job"})
+                reason = f"unexpected {type(error).__name__}: {error}"
+                return MessageOutcome("retry_later", reason=reason, stage="job", reports=reports)
             log.info(
                 "job " + report.status,
                 extra={
-                    "job_id": report.job_id,
                     "stage": "done",
                     "frames_sampled": report.frames_sampled,
                     "detections": report.detections,
                     "timings": report.timings,
                 },
             )
-        for report in reports:
-            self.notifier.success(
-                job_id=report.job_id, input_url=report.input_url, output_url=report.output_url, summary=report.summary
-            )
-        self._delete(message)
         return MessageOutcome("deleted", reports=reports)
 
     # ------------------------------------------------------------------ dispositions
 
+    def _settle(self, message: dict[str, Any], outcome: MessageOutcome) -> None:
+        """Act on the outcome: notify, then delete, dead-letter or change the message's visibility."""
+        if outcome.action == "handed_back":
+            self._change_visibility(message, 0)
+            log.info("message handed back", extra={"reason": outcome.reason})
+            return
+        if outcome.action == "retry_later":
+            outcome.delay = self.settings.retry_delay(outcome.receive_count)
+            self._change_visibility(message, outcome.delay)
+            log.warning(
+                "transient failure; message will be retried",
+                extra={"reason": outcome.reason, "stage": outcome.stage, "delay": outcome.delay},
+            )
+            return
+        # Jobs that finished before a later record of the same message failed are done:
+        # their notifications go out whatever becomes of the message.
+        for report in outcome.reports:
+            if report.status in COMPLETED:
+                self.notifier.success(
+                    job_id=report.job_id,
+                    input_url=report.input_url,
+                    output_url=report.output_url,
+                    summary=report.summary,
+                )
+        if outcome.action == "dead_lettered" and not self._dead_letter(message, outcome):
+            return
+        self._delete(message)
+
     def _delete(self, message: dict[str, Any]) -> None:
-        self.sqs.delete_message(QueueUrl=self.settings.queue_url, ReceiptHandle=message["ReceiptHandle"])
+        try:
+            self.sqs.delete_message(QueueUrl=self.settings.queue_url, ReceiptHandle=message["ReceiptHandle"])
+        except Exception as error:
+            # The results are committed: the message comes back and is found complete.
+            log.error(
+                "could not delete the message; it will come back and be skipped as already done",
+                extra={"error": str(error), "stage": "delete"},
+            )
 
     def _change_visibility(self, message: dict[str, Any], seconds: int) -> None:
         try:
@@ -198,34 +250,12 @@ class SlotWorker:
             )
         except Exception as error:
             # The message still comes back when its current visibility runs out.
-            log.warning("could not change visibility", extra={"error": str(error)})
+            log.warning("could not change visibility", extra={"error": str(error), "visibility": seconds})
 
-    def _hand_back(
-        self, message: dict[str, Any], reason: str, reports: list[JobReport] | None = None
-    ) -> MessageOutcome:
-        self._change_visibility(message, 0)
-        log.info("message handed back", extra={"reason": reason, "message_id": message.get("MessageId")})
-        return MessageOutcome("handed_back", reason=reason, reports=reports or [])
-
-    def _retry_later(self, message: dict[str, Any], error: JobError, reports: list[JobReport]) -> MessageOutcome:
-        self._change_visibility(message, self.settings.retry_delay_seconds)
-        log.warning(
-            "transient failure; message will be retried",
-            extra={"reason": error.reason, "stage": error.stage, "delay": self.settings.retry_delay_seconds},
-        )
-        return MessageOutcome("retry_later", reason=error.reason, stage=error.stage, reports=reports)
-
-    def _dead_letter(
-        self,
-        message: dict[str, Any],
-        reason: str,
-        stage: str,
-        *,
-        job_id: str,
-        input_url: str,
-        output_url: str | None = None,
-        reports: list[JobReport] | None = None,
-    ) -> MessageOutcome:
+    def _dead_letter(self, message: dict[str, Any], outcome: MessageOutcome) -> bool:
+        """Move the message to the dead-letter queue; False (and retry later) when that fails."""
+        reason, stage = outcome.reason or "unknown", outcome.stage or "unknown"
+        failed = outcome.failed or JobReport()
         attributes = {
             key: value
             for key, value in (message.get("MessageAttributes") or {}).items()
@@ -233,27 +263,36 @@ class SlotWorker:
         }
         # SQS allows 10 attributes per message; ours come first.
         ours = {
-            names.FAILURE_REASON_ATTRIBUTE: {"DataType": "String", "StringValue": reason[:2000] or "unknown"},
+            names.FAILURE_REASON_ATTRIBUTE: {"DataType": "String", "StringValue": reason[:2000]},
             names.FAILURE_STAGE_ATTRIBUTE: {"DataType": "String", "StringValue": stage},
         }
         kept = dict(list(attributes.items())[: 10 - len(ours)])
         # Send first, then delete: a crash in between repeats the dead-lettering, never loses it.
-        self.sqs.send_message(
-            QueueUrl=self.dead_letter_queue_url,
-            MessageBody=message.get("Body", "") or "(empty body)",
-            MessageAttributes={**kept, **ours},
-        )
+        try:
+            self.sqs.send_message(
+                QueueUrl=self.dead_letter_queue_url,
+                MessageBody=message.get("Body", "") or "(empty body)",
+                MessageAttributes={**kept, **ours},
+            )
+        except Exception as error:
+            outcome.action, outcome.delay = "retry_later", self.settings.retry_delay(outcome.receive_count)
+            log.error(
+                "could not move the message to the dead-letter queue; it will come back and fail again",
+                extra={"error": str(error), "reason": reason, "delay": outcome.delay},
+            )
+            self._change_visibility(message, outcome.delay)
+            return False
         log.error(
             "job failed permanently; message moved to the dead-letter queue",
-            extra={"job_id": job_id, "stage": stage, "reason": reason, "input": input_url},
+            extra={"job_id": failed.job_id, "stage": stage, "reason": reason, "input": failed.input_url},
         )
-        self.notifier.error(job_id=job_id, input_url=input_url, output_url=output_url, reason=f"{stage}: {reason}")
-        self._delete(message)
-        return MessageOutcome("dead_lettered", reason=reason, stage=stage, reports=reports or [])
-
-    def _finish(self, message: dict[str, Any], outcome: MessageOutcome) -> MessageOutcome:
-        self.events({"type": "job_finished", "outcome": outcome})
-        return outcome
+        self.notifier.error(
+            job_id=failed.job_id,
+            input_url=failed.input_url,
+            output_url=failed.output_url or None,
+            reason=f"{stage}: {reason}",
+        )
+        return True
 
 
 def find_dead_letter_queue(sqs: Any, queue_url: str) -> str | None:

@@ -37,7 +37,7 @@ class WorkerMetrics:
         )
         self.total_processing_time = Histogram(
             "framescale_worker_total_processing_time_seconds",
-            "Job time from receive to results written",
+            "Job time from receive to results committed",
             buckets=_JOB_BUCKETS,
             registry=r,
         )
@@ -70,12 +70,12 @@ class WorkerMetrics:
     def observe(self, event: dict[str, Any]) -> None:
         """Apply one event from a slot process."""
         kind = event.get("type")
+        # jobs_in_progress is set by the supervisor from its slots' state, so that a slot
+        # that dies mid-job (and never says it finished) does not leave it counted.
         if kind == "job_started":
-            self.jobs_in_progress.inc()
             if event.get("time_in_backlog") is not None:
                 self.time_in_backlog.observe(float(event["time_in_backlog"]))
         elif kind == "job_finished":
-            self.jobs_in_progress.dec()
             outcome = event["outcome"]
             self.invocations.labels(outcome.action).inc()
             if outcome.action == "dead_lettered":

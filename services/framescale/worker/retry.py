@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import logging
 import random
-import time
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, EndpointConnectionError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionError,
+    EndpointConnectionError,
+    ParamValidationError,
+)
 
 from framescale.worker.errors import JobCancelled, PermanentJobError, TransientJobError
 
@@ -32,12 +38,20 @@ _TRANSIENT_S3_CODES = frozenset(
         "504",
         "PreconditionFailed",  # the object changed under us: the retry sees the new version
         "412",
+        "ConditionalRequestConflict",  # 409: a concurrent conditional write to the same key is in progress
     }
 )
 
 
 def aws_error(error: Exception, *, stage: str, what: str) -> TransientJobError | PermanentJobError:
     """Classify a botocore error for ``what`` (e.g. 'GET s3://b/k')."""
+    if isinstance(error, ParamValidationError):
+        # botocore refused to send the request (a malformed bucket name or key): retrying
+        # the same request can never succeed.
+        return PermanentJobError(
+            f"{what}: invalid request ({error}); check the message's URLs and FRAMESCALE_WORKER_OUTPUT",
+            stage=stage,
+        )
     if isinstance(error, ClientError):
         code = str(error.response.get("Error", {}).get("Code", ""))
         status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
@@ -66,10 +80,11 @@ class RetryPolicy:
         operation: Callable[[], T],
         *,
         classify: Callable[[Exception], TransientJobError | PermanentJobError],
-        cancelled: Callable[[], bool] = lambda: False,
-        sleep: Callable[[float], None] = time.sleep,
+        cancel: threading.Event | None = None,
         on_retry: Callable[[TransientJobError], None] | None = None,
     ) -> T:
+        """Run ``operation``, retrying transient failures; a set ``cancel`` ends the wait at once."""
+        cancel = cancel or threading.Event()
         attempt = 0
         while True:
             attempt += 1
@@ -84,7 +99,9 @@ class RetryPolicy:
                 if isinstance(classified, PermanentJobError):
                     raise classified from error
                 failure = classified
-            if attempt >= self.attempts or cancelled():
+            if cancel.is_set():
+                raise JobCancelled(f"shutdown: job handed back after a transient failure ({failure.reason})")
+            if attempt >= self.attempts:
                 raise failure
             if on_retry is not None:
                 on_retry(failure)
@@ -93,4 +110,5 @@ class RetryPolicy:
                 "transient failure, retrying",
                 extra={"stage": failure.stage, "reason": failure.reason, "attempt": attempt, "delay": round(pause, 2)},
             )
-            sleep(pause)
+            if cancel.wait(pause):
+                raise JobCancelled(f"shutdown: job handed back while waiting to retry ({failure.reason})")

@@ -2,24 +2,32 @@
 
 The supervisor owns what is per node: the health/metrics endpoint, the busy Lease, and
 restarting slots that die. Each slot process runs SlotWorker on one job at a time, so a
-crash (or a poison message) takes down one job, whose message then reappears.
+crash (or a poison message) takes down one job, whose message then reappears. Each slot
+reports its job starts and ends over a pipe of its own, which the supervisor's main loop
+polls: a slot killed mid-write garbles only its own pipe, and a restarted slot gets a
+new one, so a dead slot's last words cannot mark its successor busy.
 
 Signals: the first SIGTERM (or Ctrl-C) stops receiving; jobs in hand get
 ``shutdown_grace_seconds`` to finish and are handed back (visibility 0) if they cannot.
-A second SIGTERM hands back at once and exits.
+A second signal cancels them: slots hand back within seconds, and the message of a slot
+that must be killed is handed back by the supervisor. Slots ignore SIGINT: Ctrl-C in a
+terminal reaches the whole process group, and only the supervisor's count should move.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import logging
 import multiprocessing
 import os
-import queue
+import shutil
 import signal
 import threading
 import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from framescale import aws, logs
@@ -33,6 +41,17 @@ from framescale.worker.settings import WorkerSettings
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+LOOP_SECONDS = 0.2
+# Slots get the grace period plus this to stop before they are killed ...
+KILL_MARGIN_SECONDS = 15.0
+# ... or only this after a second signal.
+SECOND_SIGNAL_SECONDS = 5.0
+RESTART_MIN_SECONDS = 1.0  # a slot that keeps dying (a poison message) must not spin
+# /healthz fails when a slot dies this often (it cannot work: let Kubernetes restart the
+# pod, with its back-off) or when the main loop has not turned for a while (wedged).
+CRASH_LOOP_DEATHS = 5
+CRASH_LOOP_WINDOW_SECONDS = 60.0
+WEDGED_SECONDS = 30.0
 
 
 class StartupError(RuntimeError):
@@ -61,12 +80,44 @@ class _Shutdown(BaseException):
     """Raised by the signal handler to leave a blocking receive when no job is in hand."""
 
 
-def slot_main(settings_data: dict[str, Any], slot: int, dead_letter_queue_url: str, events: Any) -> None:
+class SlotSignals:
+    """A slot's SIGTERM handler: the first signal stops receiving and gives the job in hand
+    the grace period; a second one (or the end of the grace) cancels the job at once."""
+
+    def __init__(self, worker: SlotWorker, grace_seconds: float) -> None:
+        self.worker = worker
+        self.grace_seconds = grace_seconds
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        worker = self.worker
+        first = not worker.stopping.is_set()
+        worker.stopping.set()
+        if first and worker.in_job:
+            log.info("stopping: finishing the job in hand", extra={"grace": self.grace_seconds})
+            timer = threading.Timer(self.grace_seconds, worker.cancel.set)
+            timer.daemon = True
+            timer.start()
+            return
+        worker.cancel.set()
+        # Only a long poll is cut short. Anywhere else the loop sees ``stopping`` itself, and
+        # a message just received is handed back rather than dropped with the stack.
+        if worker.receiving:
+            raise _Shutdown
+
+
+def slot_main(settings_data: dict[str, Any], slot: int, dead_letter_queue_url: str, events: Connection) -> None:
     """Entry point of a slot process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor forwards what matters as SIGTERM
     _die_with_parent()
     settings = WorkerSettings(**settings_data)
     logs.configure("worker", settings.log_level, settings.log_format)
-    stopping, cancel = threading.Event(), threading.Event()
+
+    def send(event: dict[str, Any]) -> None:
+        try:
+            events.send(event)
+        except (OSError, ValueError) as error:  # the supervisor is gone; PDEATHSIG ends this process
+            log.warning("could not report to the supervisor", extra={"error": str(error)})
+
     worker = SlotWorker(
         settings,
         sqs=aws.client("sqs"),
@@ -74,60 +125,55 @@ def slot_main(settings_data: dict[str, Any], slot: int, dead_letter_queue_url: s
         sns=aws.client("sns"),
         model=model_client(settings),
         dead_letter_queue_url=dead_letter_queue_url,
-        events=lambda event: events.put({**event, "slot": slot}),
-        stopping=stopping,
-        cancel=cancel,
+        events=send,
     )
-
-    def on_signal(signum: int, frame: Any) -> None:
-        if not stopping.is_set():
-            stopping.set()
-            if worker.in_job:
-                log.info("stopping: finishing the job in hand", extra={"grace": settings.shutdown_grace_seconds})
-                timer = threading.Timer(settings.shutdown_grace_seconds, cancel.set)
-                timer.daemon = True
-                timer.start()
-                return
-        cancel.set()
-        if not worker.in_job:
-            raise _Shutdown
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    with contextlib.suppress(_Shutdown):
+    signal.signal(signal.SIGTERM, SlotSignals(worker, settings.shutdown_grace_seconds))
+    with logs.scope(slot=slot), contextlib.suppress(_Shutdown):
         worker.run()
     log.info("slot stopped", extra={"slot": slot})
+
+
+@dataclass
+class _Slot:
+    process: multiprocessing.process.BaseProcess
+    events: Connection | None  # read end of this slot's pipe; None once it reached end of file
+    started: float = field(default_factory=time.monotonic)
+    busy: bool = False
+    receipt_handle: str | None = None  # of the message in hand: never a metric label
+    message_id: str | None = None
+    reaped: bool = False  # its death was noted (and its pipe drained)
 
 
 class Supervisor:
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
         self.metrics = WorkerMetrics()
-        self.events: Any = None
-        self.slots: dict[int, multiprocessing.process.BaseProcess] = {}
-        self.active: dict[int, int] = {}
+        self.slots: dict[int, _Slot] = {}
         self.stopping = False
         self.signals = 0
         self.dead_letter_queue_url = ""
         self.health: HealthServer | None = None
         self.lease: BusyLease | None = None
+        self.sqs: Any = None
         self._model: ModelClient | None = None
         self._context = multiprocessing.get_context("spawn")
-        self._last_restart: dict[int, float] = {}
+        self._deaths: dict[int, collections.deque[float]] = collections.defaultdict(collections.deque)
+        self._last_tick = time.monotonic()
+        self._hurry_at: float | None = None
 
     # ------------------------------------------------------------------ start
 
     def check_environment(self) -> None:
         """Fail at start, with the fix, rather than on the first message."""
-        sqs = aws.client("sqs")
+        self.sqs = aws.client("sqs")
         try:
-            sqs.get_queue_attributes(QueueUrl=self.settings.queue_url, AttributeNames=["QueueArn"])
+            self.sqs.get_queue_attributes(QueueUrl=self.settings.queue_url, AttributeNames=["QueueArn"])
         except Exception as error:
             raise StartupError(
                 f"cannot read queue {self.settings.queue_url}: {error}. Check FRAMESCALE_WORKER_QUEUE_URL, "
                 "AWS credentials and AWS_ENDPOINT_URL."
             ) from None
-        dlq = self.settings.dead_letter_queue_url or find_dead_letter_queue(sqs, self.settings.queue_url)
+        dlq = self.settings.dead_letter_queue_url or find_dead_letter_queue(self.sqs, self.settings.queue_url)
         if not dlq:
             raise StartupError(
                 f"queue {self.settings.queue_url} has no RedrivePolicy and FRAMESCALE_WORKER_DEAD_LETTER_QUEUE_URL "
@@ -138,7 +184,7 @@ class Supervisor:
     def start(self) -> None:
         self.check_environment()
         self.settings.work_dir.mkdir(parents=True, exist_ok=True)
-        self.events = self._context.Queue()
+        self._remove_stale_scratch()
         self._model = model_client(self.settings)
         if self.settings.health_port:
             self.health = HealthServer(
@@ -154,7 +200,6 @@ class Supervisor:
                 duration_seconds=self.settings.lease_duration_seconds,
                 pipeline=self.settings.pipeline_name,
             ).start()
-        threading.Thread(target=self._pump_events, name="events", daemon=True).start()
         for slot in range(self.settings.slots):
             self._spawn(slot)
         log.info(
@@ -167,21 +212,37 @@ class Supervisor:
             },
         )
 
+    def _remove_stale_scratch(self) -> None:
+        """Delete the scratch folders (downloads) of slots killed mid-job; work_dir is this worker's own."""
+        stale = [path for path in self.settings.work_dir.glob("job-*") if path.is_dir()]
+        for path in stale:
+            shutil.rmtree(path, ignore_errors=True)
+        if stale:
+            log.info("removed scratch folders left by killed slots", extra={"count": len(stale)})
+
     def _spawn(self, slot: int) -> None:
+        reader, writer = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=slot_main,
-            args=(self.settings.model_dump(mode="json"), slot, self.dead_letter_queue_url, self.events),
+            args=(self.settings.model_dump(mode="json"), slot, self.dead_letter_queue_url, writer),
             name=f"framescale-slot-{slot}",
         )
         process.start()
-        self.slots[slot] = process
-        self.active[slot] = 0
-        self._last_restart[slot] = time.monotonic()
+        # The slot now holds the only write end, so its exit (or death) ends the pipe.
+        writer.close()
+        self.slots[slot] = _Slot(process, reader)
 
     # ------------------------------------------------------------------ run
 
     def alive(self) -> bool:
-        return self.stopping or all(p.is_alive() for p in self.slots.values()) or bool(self.slots)
+        """False when the main loop is wedged or a slot keeps dying: a restart of the pod may help."""
+        now = time.monotonic()
+        if now - self._last_tick > WEDGED_SECONDS:
+            return False
+        return not any(
+            sum(1 for moment in deaths if now - moment < CRASH_LOOP_WINDOW_SECONDS) >= CRASH_LOOP_DEATHS
+            for deaths in self._deaths.values()
+        )
 
     def ready(self) -> tuple[bool, str]:
         if self.stopping:
@@ -194,11 +255,13 @@ class Supervisor:
     def request_stop(self, signum: int = signal.SIGTERM, frame: Any = None) -> None:
         self.signals += 1
         self.stopping = True
+        if self.signals > 1 and self._hurry_at is None:
+            self._hurry_at = time.monotonic()
         log.info("stop requested", extra={"signal": signum, "count": self.signals})
-        for process in self.slots.values():
-            if process.is_alive() and process.pid:
+        for state in self.slots.values():
+            if state.process.is_alive() and state.process.pid:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(process.pid, signal.SIGTERM)
+                    os.kill(state.process.pid, signal.SIGTERM)
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.request_stop)
@@ -206,53 +269,111 @@ class Supervisor:
         self.start()
         deadline: float | None = None
         while True:
-            time.sleep(0.2)
+            self._pump(LOOP_SECONDS)
+            self._last_tick = time.monotonic()
             if self.stopping:
                 if deadline is None:
-                    deadline = time.monotonic() + self.settings.shutdown_grace_seconds + 15
-                if not any(p.is_alive() for p in self.slots.values()):
+                    deadline = time.monotonic() + self.settings.shutdown_grace_seconds + KILL_MARGIN_SECONDS
+                if self._hurry_at is not None:
+                    deadline = min(deadline, self._hurry_at + SECOND_SIGNAL_SECONDS)
+                if not any(state.process.is_alive() for state in self.slots.values()):
                     break
                 if time.monotonic() > deadline:
-                    log.error("slots did not stop in time; killing them")
-                    for process in self.slots.values():
-                        process.kill()
+                    self._kill_slots()
                     break
                 continue
-            for slot, process in list(self.slots.items()):
-                if not process.is_alive():
-                    self._restart(slot, process)
+            for slot, state in list(self.slots.items()):
+                if not state.process.is_alive():
+                    self._restart(slot)
+        for slot in self.slots:
+            self._drain(slot)
         self.close()
         log.info("worker stopped")
         return 0
 
-    def _restart(self, slot: int, process: multiprocessing.process.BaseProcess) -> None:
-        self.active[slot] = 0
-        self._update_lease()
-        # A slot that keeps dying (a poison message) must not spin: at most once a second.
-        if time.monotonic() - self._last_restart.get(slot, 0) < 1.0:
+    def _restart(self, slot: int) -> None:
+        state = self.slots[slot]
+        if not state.reaped:
+            state.reaped = True
+            self._drain(slot)  # its last events first; then it is idle, whatever they said
+            state.busy, state.receipt_handle = False, None
+            self._update_busy()
+            self._deaths[slot].append(time.monotonic())
+        if time.monotonic() - state.started < RESTART_MIN_SECONDS:
             return
-        log.error("slot process died; restarting it", extra={"slot": slot, "exitcode": process.exitcode})
+        log.error("slot process died; restarting it", extra={"slot": slot, "exitcode": state.process.exitcode})
         self.metrics.slot_restarts.inc()
         self._spawn(slot)
 
-    def _pump_events(self) -> None:
-        while True:
-            try:
-                event = self.events.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            except (EOFError, OSError):
-                return
-            slot = int(event.get("slot", -1))
-            if event["type"] == "job_started":
-                self.active[slot] = 1
-            elif event["type"] == "job_finished":
-                self.active[slot] = 0
-            self.metrics.observe(event)
-            self._update_lease()
+    def _kill_slots(self) -> None:
+        """The grace is over: kill the slots still running and hand their messages back."""
+        for slot, state in self.slots.items():
+            if state.process.is_alive():
+                log.error("slot did not stop in time; killing it", extra={"slot": slot})
+                state.process.kill()
+                state.process.join(5)
+            self._drain(slot)  # it may have settled its message after all
+            if state.receipt_handle is not None:
+                self._hand_back(state)
 
-    def _update_lease(self) -> None:
-        busy = sum(self.active.values())
+    def _hand_back(self, state: _Slot) -> None:
+        try:
+            self.sqs.change_message_visibility(
+                QueueUrl=self.settings.queue_url, ReceiptHandle=state.receipt_handle, VisibilityTimeout=0
+            )
+            log.info("message of a killed slot handed back", extra={"message_id": state.message_id})
+        except Exception as error:
+            log.warning(
+                "could not hand back the message of a killed slot; it comes back after its visibility timeout",
+                extra={"message_id": state.message_id, "error": str(error)},
+            )
+
+    # ------------------------------------------------------------------ events
+
+    def _pump(self, timeout: float) -> None:
+        """Apply the slots' events, waiting up to ``timeout`` for some."""
+        readers = {state.events: slot for slot, state in self.slots.items() if state.events is not None}
+        if not readers:
+            time.sleep(timeout)
+            return
+        for reader in wait(list(readers), timeout):
+            self._receive(readers[reader])  # type: ignore[index]
+
+    def _drain(self, slot: int) -> None:
+        state = self.slots[slot]
+        while state.events is not None and state.events.poll():
+            self._receive(slot)
+
+    def _receive(self, slot: int) -> None:
+        state = self.slots[slot]
+        assert state.events is not None
+        try:
+            event = state.events.recv()
+        except Exception as error:
+            # End of file: the slot exited. Anything else: it died mid-message. Either way
+            # nothing more can come on this pipe.
+            if not isinstance(error, EOFError):
+                log.warning("unreadable event from a slot; closing its pipe", extra={"slot": slot, "error": str(error)})
+            state.events.close()
+            state.events = None
+            return
+        try:
+            self._apply(state, event)
+        except Exception:
+            log.exception("could not apply a slot's event; carrying on", extra={"slot": slot})
+
+    def _apply(self, state: _Slot, event: dict[str, Any]) -> None:
+        if event["type"] == "job_started":
+            state.busy, state.receipt_handle = True, event.get("receipt_handle")
+            state.message_id = event.get("message_id")
+        elif event["type"] == "job_finished":
+            state.busy, state.receipt_handle = False, None
+        self.metrics.observe(event)
+        self._update_busy()
+
+    def _update_busy(self) -> None:
+        busy = sum(1 for state in self.slots.values() if state.busy)
+        self.metrics.jobs_in_progress.set(busy)
         self.metrics.busy.set(1 if busy else 0)
         if self.lease is not None:
             self.lease.set_active(busy)
@@ -266,3 +387,6 @@ class Supervisor:
             self.health.stop()
         if self._model is not None:
             self._model.close()
+        for state in self.slots.values():
+            if state.events is not None:
+                state.events.close()

@@ -20,6 +20,9 @@ from framescale.worker.sampling import FrameSampler
 
 # Frame rates outside this range are container garbage, not real videos.
 _MIN_FPS, _MAX_FPS = 0.1, 1000.0
+# Containers often estimate their frame count (from duration x fps): a stream that ends a
+# couple of frames early is normal, not damage.
+_FRAME_COUNT_SLACK = 2
 
 
 @dataclass(frozen=True)
@@ -87,13 +90,25 @@ def sampled_frames(
     *,
     max_bad_ratio: float,
     should_stop: Callable[[], bool] = lambda: False,
+    max_seconds: float | None = None,
 ) -> Iterator[tuple[int, int, np.ndarray]]:
-    """Yield ``(frame_index, pts_ms, bgr_frame)`` for every kept frame, in order."""
+    """Yield ``(frame_index, pts_ms, bgr_frame)`` for every kept frame, in order.
+
+    ``max_seconds`` bounds the decode even when the container did not declare its length
+    (its frame count is 0): decoding stops with a PermanentJobError past that many seconds.
+    """
+    max_frames = math.ceil(max_seconds * info.fps) if max_seconds is not None else None
     index = -1
     while not should_stop():
         if not capture.grab():
             break
         index += 1
+        if max_frames is not None and index >= max_frames:
+            raise PermanentJobError(
+                f"video lasts longer than {max_seconds:.0f} s: decoding stopped after {max_frames} frames at "
+                f"{info.fps:g} fps (FRAMESCALE_WORKER_MAX_DURATION_SECONDS)",
+                stage="decode",
+            )
         stats.decoded += 1
         if not sampler.keep(index):
             continue
@@ -108,6 +123,20 @@ def sampled_frames(
         raise PermanentJobError("video has no decodable frames", stage="decode")
     if stats.sampled == 0 and stats.bad > 0:
         raise PermanentJobError(f"none of the {stats.bad} sampled frames could be decoded", stage="decode")
+    if not should_stop():
+        _check_complete(info, stats, max_bad_ratio)
+
+
+def _check_complete(info: VideoInfo, stats: DecodeStats, max_bad_ratio: float) -> None:
+    """A stream that ends far short of the frames its container declares is truncated or corrupt."""
+    missing = info.frame_count - stats.decoded
+    if info.frame_count and missing > max(_FRAME_COUNT_SLACK, max_bad_ratio * info.frame_count):
+        raise PermanentJobError(
+            f"video is truncated or corrupt: decoding stopped after {stats.decoded} of the {info.frame_count} "
+            f"frames its container declares (more than the {max_bad_ratio:.0%} allowed to be missing, "
+            "FRAMESCALE_WORKER_MAX_BAD_FRAME_RATIO)",
+            stage="decode",
+        )
 
 
 def _check_bad(stats: DecodeStats, max_bad_ratio: float) -> None:

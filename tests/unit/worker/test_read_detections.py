@@ -8,7 +8,7 @@ import pytest
 from framescale.tfserving import pb, to_tensor_proto
 from framescale.worker.errors import PermanentJobError
 from framescale.worker.geometry import plan_fit
-from framescale.worker.inference import read_detections
+from framescale.worker.inference import answered_version, read_detections
 
 
 def response(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, num: np.ndarray | None) -> pb.PredictResponse:
@@ -58,3 +58,12 @@ def test_missing_outputs_or_wrong_batch_are_permanent_errors() -> None:
     one = response(np.zeros((1, 2, 4)), np.zeros((1, 2)), np.zeros((1, 2)), None)
     with pytest.raises(PermanentJobError, match="for 2 frames"):
         read_detections(one, [fit, fit], {}, score_threshold=0.5, max_detections=1)
+
+
+def test_the_answering_model_version_is_read_from_the_response() -> None:
+    # The summary names the version that served the job, not the one metadata named earlier.
+    answered = pb.PredictResponse()
+    answered.model_spec.name = "detector"
+    answered.model_spec.version.value = 7
+    assert answered_version(answered) == 7
+    assert answered_version(pb.PredictResponse()) is None

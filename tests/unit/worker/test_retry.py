@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
-from botocore.exceptions import ClientError, EndpointConnectionError
+import threading
+import time
 
-from framescale.worker.errors import PermanentJobError, TransientJobError
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError, ParamValidationError
+
+from framescale.worker.errors import JobCancelled, PermanentJobError, TransientJobError
 from framescale.worker.retry import RetryPolicy, aws_error
 
 
@@ -19,9 +22,12 @@ def client_error(code: str, status: int) -> ClientError:
         (client_error("SlowDown", 503), TransientJobError),
         (client_error("InternalError", 500), TransientJobError),
         (client_error("PreconditionFailed", 412), TransientJobError),
+        (client_error("ConditionalRequestConflict", 409), TransientJobError),
         (client_error("404", 404), PermanentJobError),
         (client_error("AccessDenied", 403), PermanentJobError),
         (EndpointConnectionError(endpoint_url="http://x"), TransientJobError),
+        # botocore refused the request itself (e.g. a bucket name from settings S3 cannot have).
+        (ParamValidationError(report="Invalid bucket name"), PermanentJobError),
     ],
 )
 def test_classification(error: Exception, kind: type) -> None:
@@ -29,7 +35,7 @@ def test_classification(error: Exception, kind: type) -> None:
 
 
 def test_retries_transient_then_succeeds() -> None:
-    calls, sleeps = [], []
+    calls = []
 
     def flaky() -> str:
         calls.append(1)
@@ -37,10 +43,23 @@ def test_retries_transient_then_succeeds() -> None:
             raise client_error("SlowDown", 503)
         return "ok"
 
-    policy = RetryPolicy(attempts=5, base_seconds=0.1, max_seconds=1.0)
-    result = policy.call(flaky, classify=lambda e: aws_error(e, stage="s", what="w"), sleep=sleeps.append)
-    assert result == "ok" and len(calls) == 3 and len(sleeps) == 2
-    assert all(0.0 < pause <= 1.0 for pause in sleeps)
+    policy = RetryPolicy(attempts=5, base_seconds=0.01, max_seconds=0.02)
+    result = policy.call(flaky, classify=lambda e: aws_error(e, stage="s", what="w"))
+    assert result == "ok" and len(calls) == 3
+
+
+def test_a_cancel_ends_the_backoff_wait_at_once() -> None:
+    cancel = threading.Event()
+
+    def failing() -> None:
+        threading.Timer(0.1, cancel.set).start()
+        raise client_error("SlowDown", 503)
+
+    policy = RetryPolicy(attempts=5, base_seconds=30.0, max_seconds=30.0)
+    started = time.monotonic()
+    with pytest.raises(JobCancelled):
+        policy.call(failing, classify=lambda e: aws_error(e, stage="s", what="w"), cancel=cancel)
+    assert time.monotonic() - started < 5, "the 15-30 s backoff was slept through despite the cancel"
 
 
 def test_gives_up_after_the_bound_with_a_transient_error() -> None:
@@ -52,7 +71,7 @@ def test_gives_up_after_the_bound_with_a_transient_error() -> None:
         raise client_error("SlowDown", 503)
 
     with pytest.raises(TransientJobError):
-        policy.call(always, classify=lambda e: aws_error(e, stage="s", what="w"), sleep=lambda _: None)
+        policy.call(always, classify=lambda e: aws_error(e, stage="s", what="w"))
     assert len(calls) == 3
 
 
@@ -64,7 +83,7 @@ def test_permanent_errors_are_not_retried() -> None:
         raise client_error("404", 404)
 
     with pytest.raises(PermanentJobError):
-        RetryPolicy().call(missing, classify=lambda e: aws_error(e, stage="s", what="w"), sleep=lambda _: None)
+        RetryPolicy().call(missing, classify=lambda e: aws_error(e, stage="s", what="w"))
     assert len(calls) == 1
 
 

@@ -75,3 +75,39 @@ def test_open_video_rejects_what_is_not_a_video(tmp_path: Path) -> None:
     path.write_text("not a video")
     with pytest.raises(PermanentJobError, match="not a video"):
         open_video(path)
+
+
+def test_the_duration_limit_holds_when_the_container_declares_no_length() -> None:
+    # frame_count 0: the probe-time duration check sees 0 s, so decoding must stop itself.
+    capture = FakeCapture(1000, set())
+    stats = DecodeStats()
+    frames = sampled_frames(capture, INFO, FrameSampler(10.0, 1.0), stats, max_bad_ratio=0.1, max_seconds=5.0)  # type: ignore[arg-type]
+    with pytest.raises(PermanentJobError, match="MAX_DURATION_SECONDS") as error:
+        list(frames)
+    assert stats.decoded == 50, "decoding went on past 5 s of 10 fps video"
+    assert error.value.stage == "decode"
+
+
+def declared(frame_count: int) -> VideoInfo:
+    return VideoInfo(width=8, height=6, fps=10.0, frame_count=frame_count, codec="test")
+
+
+def test_a_stream_ending_far_short_of_its_declared_length_is_truncated() -> None:
+    stats = DecodeStats()
+    frames = sampled_frames(FakeCapture(50, set()), declared(100), FrameSampler(10.0, 1.0), stats, max_bad_ratio=0.1)  # type: ignore[arg-type]
+    with pytest.raises(PermanentJobError, match="truncated or corrupt: decoding stopped after 50 of the 100"):
+        list(frames)
+
+
+def test_a_stream_a_few_frames_short_of_an_estimated_length_is_fine() -> None:
+    # 2 of 6 and 9 of 100 missing: within the slack and the 10 % ratio.
+    for decoded, count in ((4, 6), (91, 100)):
+        stats = DecodeStats()
+        frames = sampled_frames(
+            FakeCapture(decoded, set()),  # type: ignore[arg-type]
+            declared(count),
+            FrameSampler(10.0, 10.0),
+            stats,
+            max_bad_ratio=0.1,
+        )
+        assert len(list(frames)) == decoded
