@@ -11,7 +11,9 @@ import pytest
 from framescale import results
 from framescale.local import stack as local_stack
 from framescale.local.videos import SyntheticVideo, write_synthetic_video
+from framescale.local.worker_process import WorkerProcess
 from framescale.worker.sampling import expected_sample_count
+from tests.conftest import worker_log
 from tests.support import client, read_lines, read_summary, unique, upload, wait_for
 
 
@@ -22,18 +24,43 @@ def chaos_stack(name: str, *, max_receive_count: int = 10) -> local_stack.LocalS
     return stack
 
 
-def summary_versions(stack: local_stack.LocalStack, job_id: str) -> int:
-    key = f"results/{job_id}/{results.SUMMARY_FILE}"
+def versions(stack: local_stack.LocalStack, job_id: str, name: str = results.SUMMARY_FILE) -> int:
+    """How many times ``<job>/<name>`` was written (the bucket is versioned)."""
+    key = f"results/{job_id}/{name}"
     listing = client("s3").list_object_versions(Bucket=stack.output_bucket, Prefix=key)
     return sum(1 for version in listing.get("Versions", []) if version["Key"] == key)
+
+
+def staging_left(stack: local_stack.LocalStack, job_id: str) -> list[str]:
+    listing = client("s3").list_objects_v2(Bucket=stack.output_bucket, Prefix=f"results/{job_id}/_staging/")
+    return [item["Key"] for item in listing.get("Contents", [])]
+
+
+def in_flight_pids(worker: WorkerProcess) -> set[int]:
+    """Slot processes whose last message was received and not yet settled (as their log says)."""
+    holding: dict[int, bool] = {}
+    for record in worker_log(worker):
+        if record.get("message") == "message received":
+            holding[record["pid"]] = True
+        elif record.get("message") == "message settled":
+            holding[record["pid"]] = False
+    return {pid for pid, held in holding.items() if held}
 
 
 def assert_exactly_once(
     stack: local_stack.LocalStack, jobs: dict[str, tuple[SyntheticVideo, float]], timeout: float = 180
 ) -> None:
-    """Every job has one complete result set (summary written once, all lines) and no message is left."""
+    """Every job has one complete result set, each file written once, and no message or staged object is left."""
+    summaries = {
+        job_id: wait_for(lambda j=job_id: read_summary(stack, j), timeout=timeout, what=f"summary of {job_id}")
+        for job_id in jobs
+    }
+    # A message is deleted only after its job's staged objects are: then all is settled.
+    sqs = client("sqs")
+    assert wait_for(lambda: local_stack.queue_depth(sqs, stack.queue_url) == (0, 0), timeout=60, what="queue drained")
+    assert local_stack.queue_depth(sqs, stack.dead_letter_queue_url) == (0, 0), "a job reached the dead-letter queue"
     for job_id, (video, sample_fps) in jobs.items():
-        summary = wait_for(lambda j=job_id: read_summary(stack, j), timeout=timeout, what=f"summary of {job_id}")
+        summary = summaries[job_id]
         assert summary["status"] == "succeeded"
         lines = read_lines(stack, job_id)
         assert [line["frame"] for line in lines] == sorted({line["frame"] for line in lines}), job_id
@@ -41,11 +68,10 @@ def assert_exactly_once(
             len(lines)
             == expected_sample_count(video.frame_count, video.fps, sample_fps)
             == summary["frames"]["sampled"]
-        )
-        assert summary_versions(stack, job_id) == 1, f"{job_id}: summary written more than once"
-    sqs = client("sqs")
-    assert wait_for(lambda: local_stack.queue_depth(sqs, stack.queue_url) == (0, 0), timeout=60, what="queue drained")
-    assert local_stack.queue_depth(sqs, stack.dead_letter_queue_url) == (0, 0), "a job reached the dead-letter queue"
+        ), f"{job_id}: detections.jsonl does not hold the frames its summary counts"
+        assert versions(stack, job_id) == 1, f"{job_id}: summary written more than once"
+        assert versions(stack, job_id, results.DETECTIONS_FILE) == 1, f"{job_id}: detections written more than once"
+        assert staging_left(stack, job_id) == [], f"{job_id}: staged objects left behind"
 
 
 @pytest.fixture

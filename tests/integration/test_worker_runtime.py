@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 from framescale.local import stack as local_stack
@@ -38,21 +41,57 @@ def test_heartbeat_keeps_the_message_invisible_and_stops_with_the_job(aws_env) -
     assert back[0]["MessageId"] == message["MessageId"]
 
 
+def test_a_beat_on_a_message_no_longer_held_is_logged_and_ends_the_heartbeat(
+    aws_env, caplog: pytest.LogCaptureFixture
+) -> None:
+    sqs = client("sqs")
+    queue_url = sqs.create_queue(QueueName=unique("hb-lost"))["QueueUrl"]
+    sqs.send_message(QueueUrl=queue_url, MessageBody="{}")
+    (message,) = sqs.receive_message(QueueUrl=queue_url, VisibilityTimeout=30, WaitTimeSeconds=1)["Messages"]
+    sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+    with (
+        caplog.at_level(logging.ERROR, logger="framescale.worker.heartbeat"),
+        VisibilityHeartbeat(sqs, queue_url, message["ReceiptHandle"], extension=30, period=0.2) as heartbeat,
+    ):
+        time.sleep(1.5)
+    assert heartbeat.lost and heartbeat.failures == 1, "it kept beating on a receipt handle that cannot work"
+    assert any("no longer held by this worker" in record.getMessage() for record in caplog.records)
+
+
+def raw_mjpeg(path: Path, frames: int) -> Path:
+    """Concatenated JPEGs: FFmpeg reads them at 25 fps, and the stream declares no length."""
+    with path.open("wb") as out:
+        for number in range(frames):
+            out.write(cv2.imencode(".jpg", np.full((48, 64, 3), number % 250, np.uint8))[1].tobytes())
+    return path
+
+
+def truncated_avi(folder: Path) -> Path:
+    """Half of an AVI: its header still declares 60 frames."""
+    whole = write_synthetic_video(folder / "whole.avi", width=160, height=120, fps=30, frame_count=60).path
+    cut = folder / "cut.avi"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    return cut
+
+
 @pytest.mark.slow
-def test_limits_are_enforced_before_work_starts(aws_env, tmp_path: Path, start_worker) -> None:
+def test_limits_and_damaged_videos_end_in_the_dead_letter_queue(aws_env, tmp_path: Path, start_worker) -> None:
     stack = local_stack.provision(unique("limits"))
     long_video = write_synthetic_video(tmp_path / "long.mp4", fps=10, frame_count=80)  # 8 s
     big_frame = write_synthetic_video(tmp_path / "big.mp4", width=640, height=480, frame_count=5)
     heavy = tmp_path / "heavy.avi"
     write_synthetic_video(heavy, width=320, height=240, frame_count=60)
+    undeclared = raw_mjpeg(tmp_path / "undeclared.mjpeg", 200)  # 8 s: found out while decoding
     cases = {
         "too-long": (long_video.path, "FRAMESCALE_WORKER_MAX_DURATION_SECONDS"),
+        "too-long-undeclared": (undeclared, "FRAMESCALE_WORKER_MAX_DURATION_SECONDS"),
         "too-big-frame": (big_frame.path, "FRAMESCALE_WORKER_MAX_PIXELS"),
         "too-many-bytes": (heavy, "FRAMESCALE_WORKER_MAX_OBJECT_BYTES"),
+        "truncated": (truncated_avi(tmp_path), "truncated or corrupt: decoding stopped after"),
     }
     for job_id, (path, _) in cases.items():
         enqueue(stack, {"video": upload(stack, path, f"in/{job_id}{path.suffix}"), "job_id": job_id})
-    limit_bytes = max(long_video.path.stat().st_size, big_frame.path.stat().st_size) + 1
+    limit_bytes = max(path.stat().st_size for job_id, (path, _) in cases.items() if job_id != "too-many-bytes") + 1
     assert heavy.stat().st_size > limit_bytes, "the heavy video must exceed the byte limit"
     start_worker(stack, max_duration_seconds="5", max_pixels=str(320 * 240), max_object_bytes=str(limit_bytes))
     letters: list[dict] = []

@@ -3,7 +3,9 @@
 Clients use the proxy's URL as AWS_ENDPOINT_URL; it forwards every request to moto and,
 for requests that match a rule, answers with an S3-style error (503 SlowDown, 500
 InternalError) or drops the connection instead — what S3 throttling, 5xx and network
-resets look like to boto3.
+resets look like to boto3. A rule can also let the request through and then drop the
+answer (the write happened, the client cannot know), or forward it only after a delay
+(a slow network or a slow S3).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import random
 import re
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
@@ -27,17 +30,20 @@ _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer",
 
 @dataclass
 class FaultRule:
-    method: str  # GET, PUT, HEAD, POST or * for any
+    method: str  # GET, PUT, HEAD, POST, DELETE or * for any
     path: str  # regular expression over the request path (S3 is path-style here: /bucket/key)
     probability: float = 1.0  # chance that a matching request fails
     status: int = 503
     code: str = "SlowDown"
     reset: bool = False  # drop the connection instead of answering
+    lose_answer: bool = False  # forward the request, then drop the connection instead of answering
+    delay: float = 0.0  # forward the request after this many seconds (no error)
+    target: str | None = None  # X-Amz-Target header to match (JSON APIs: "AmazonSQS.DeleteMessage")
     limit: int | None = None  # fail at most this many requests
     failed: int = 0
 
-    def matches(self, method: str, path: str) -> bool:
-        return (self.method in ("*", method)) and re.search(self.path, path) is not None
+    def matches(self, method: str, path: str, target: str) -> bool:
+        return self.method in ("*", method) and re.search(self.path, path) is not None and self.target in (None, target)
 
 
 class FaultProxy:
@@ -57,12 +63,17 @@ class FaultProxy:
 
             def _handle(self) -> None:
                 body = self._read_body()
-                rule = proxy._decide(self.command, self.path.split("?", 1)[0])
+                rule = proxy._decide(self.command, self.path.split("?", 1)[0], self.headers.get("X-Amz-Target", ""))
+                if rule is not None and rule.delay:
+                    time.sleep(rule.delay)
+                    self._forward(body)
+                    return
+                if rule is not None and rule.lose_answer:
+                    self._forward(body, answer=False)
+                    self._reset()
+                    return
                 if rule is not None and rule.reset:
-                    # RST instead of FIN: what a network reset looks like to the client.
-                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                    self.close_connection = True
-                    self.connection.close()
+                    self._reset()
                     return
                 if rule is not None:
                     payload = _ERROR_BODY.format(code=rule.code).encode()
@@ -74,6 +85,12 @@ class FaultProxy:
                         self.wfile.write(payload)
                     return
                 self._forward(body)
+
+            def _reset(self) -> None:
+                # RST instead of FIN: what a network reset looks like to the client.
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                self.close_connection = True
+                self.connection.close()
 
             def _read_body(self) -> bytes:
                 if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -89,7 +106,7 @@ class FaultProxy:
                 length = int(self.headers.get("Content-Length", "0") or 0)
                 return self.rfile.read(length) if length else b""
 
-            def _forward(self, body: bytes) -> None:
+            def _forward(self, body: bytes, *, answer: bool = True) -> None:
                 connection = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
                 headers["Content-Length"] = str(len(body))
@@ -99,6 +116,8 @@ class FaultProxy:
                     payload = response.read()
                 finally:
                     connection.close()
+                if not answer:
+                    return
                 self.send_response(response.status, response.reason)
                 # A HEAD answer carries the object's length with no body: pass it through.
                 keep_length = self.command == "HEAD"
@@ -135,11 +154,11 @@ class FaultProxy:
         with self._lock:
             self.rules.clear()
 
-    def _decide(self, method: str, path: str) -> FaultRule | None:
+    def _decide(self, method: str, path: str, target: str) -> FaultRule | None:
         with self._lock:
             self.requests += 1
             for rule in self.rules:
-                if not rule.matches(method, path):
+                if not rule.matches(method, path, target):
                     continue
                 if rule.limit is not None and rule.failed >= rule.limit:
                     continue
