@@ -31,6 +31,18 @@ pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 FAST_RECOVERY = {"visibility_timeout_seconds": "10", "retry_delay_seconds": "1", "backoff_max_seconds": "1"}
 
 
+def seconds_until_handed_back(stack: local_stack.LocalStack) -> float:
+    """Seconds until the one job's message is visible again."""
+    started = time.monotonic()
+    sqs = client("sqs")
+
+    def back() -> bool:
+        return local_stack.queue_depth(sqs, stack.queue_url) == (1, 0)
+
+    wait_for(back, timeout=30, what="the message handed back", interval=0.1)
+    return time.monotonic() - started
+
+
 def test_kill_9_mid_job_at_random_points(aws_env, start_worker, make_jobs) -> None:
     stack = chaos_stack("kill9")
     jobs = make_jobs(stack, 6, frames=60, sample_fps=10.0)
@@ -211,14 +223,39 @@ def test_sigterm_without_enough_grace_hands_the_job_back(aws_env, start_worker, 
     second.signal(signal.SIGTERM)
     time.sleep(0.5)
     second.signal(signal.SIGTERM)
-    signalled = time.monotonic()
-    wait_for(
-        lambda: local_stack.queue_depth(sqs, stack.queue_url) == (1, 0), timeout=20, what="message back", interval=0.1
-    )
-    assert time.monotonic() - signalled < 5, "the second SIGTERM did not hand the job back at once"
+    assert seconds_until_handed_back(stack) < 5, "the second SIGTERM did not hand the job back at once"
     assert second.wait(20) == 0
     start_worker(stack, model="person")
     assert_exactly_once(stack, jobs, timeout=240)
+
+
+def test_a_slot_stuck_past_the_second_signal_is_killed_and_its_message_handed_back(
+    aws_env, moto_server, start_worker, make_jobs
+) -> None:
+    stack = chaos_stack("stuck")
+    jobs = make_jobs(stack, 1, frames=20, sample_fps=10.0)
+    proxy = FaultProxy(moto_server.endpoint_url).start()
+    try:
+        # The download hangs before its first byte, where no cancel can reach it.
+        stuck = proxy.add(FaultRule("GET", rf"^/{stack.input_bucket}/", delay=120.0))
+        worker = start_worker(
+            stack,
+            env_overrides={"AWS_ENDPOINT_URL": proxy.endpoint_url},
+            shutdown_grace_seconds="600",
+            visibility_timeout_seconds="300",
+        )
+        wait_for(lambda: stuck.failed >= 1, timeout=60, what="the download hanging")
+        worker.signal(signal.SIGTERM)
+        time.sleep(0.5)
+        worker.signal(signal.SIGTERM)
+        # Not the 300 s visibility timeout: the supervisor hands it back once it killed the slot.
+        assert seconds_until_handed_back(stack) < 10
+        assert worker.wait(20) == 0
+    finally:
+        proxy.stop()
+    assert any(r.get("message") == "message of a killed slot handed back" for r in worker_log(worker))
+    start_worker(stack, **FAST_RECOVERY)
+    assert_exactly_once(stack, jobs)
 
 
 def test_burst_of_200_jobs_across_worker_processes(aws_env, start_worker, tmp_path: Path) -> None:
