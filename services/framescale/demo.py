@@ -5,7 +5,8 @@ running the real SSDLite person detector over a video made from photographs of p
 one running the exact synthetic detector over generated videos — uploads and enqueues
 the videos, runs a worker per pipeline with a progress line, then prints a summary
 table, writes ``summary.json`` and draws the detections on a few frames as JPEG.
-Everything it started is stopped at the end, also on Ctrl-C.
+Everything it started is stopped at the end, also on Ctrl-C, SIGTERM or SIGHUP (a closed
+terminal), at any moment, start-up included.
 """
 
 from __future__ import annotations
@@ -15,17 +16,20 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import Any, TypeVar
 
 from framescale import aws, results
 from framescale.local import stack as local_stack
 from framescale.local.annotate import annotate_best_frames, contact_sheet
 from framescale.local.model_server import ModelServerProcess
 from framescale.local.moto_server import MotoServer
+from framescale.local.processes import ManagedProcess
 from framescale.local.videos import write_photo_video, write_synthetic_video
 from framescale.local.worker_process import WorkerProcess
 from framescale.synthetic import LABELS as SYNTHETIC_LABELS
@@ -116,10 +120,9 @@ def run(models: Path, out: Path, timeout: float) -> int:
     started = time.monotonic()
     with contextlib.ExitStack() as running:
         print("framescale demo: starting the local stack (moto server, model server) ...", flush=True)
-        moto = running.enter_context(_stopping(MotoServer(log_path=logs / "moto.log").start()))
+        moto = _start(running, MotoServer(log_path=logs / "moto.log"))
         os.environ.update(moto.client_env)
-        model_server = ModelServerProcess(models, log_path=logs / "model-server.log")
-        running.enter_context(_stopping(model_server.start()))
+        model_server = _start(running, ModelServerProcess(models, log_path=logs / "model-server.log"))
         print(f"  AWS (moto) at {moto.endpoint_url}; TF Serving protocol at {model_server.grpc_target}", flush=True)
 
         print("generating sample videos (one from real photographs, four synthetic) ...", flush=True)
@@ -148,8 +151,8 @@ def run(models: Path, out: Path, timeout: float) -> int:
                 FRAMESCALE_WORKER_LOG_FORMAT="json",
                 FRAMESCALE_WORKER_SHUTDOWN_GRACE_SECONDS="5",
             )
-            worker = WorkerProcess(env, log_path=logs / f"worker-{pipeline.name}.log", name=f"worker-{pipeline.name}")
-            running.enter_context(_stopping(worker.start()))
+            name = f"worker-{pipeline.name}"
+            _start(running, WorkerProcess(env, log_path=logs / f"{name}.log", name=name))
 
         progress = Progress(len(videos))
         deadline = time.monotonic() + timeout
@@ -165,12 +168,14 @@ def run(models: Path, out: Path, timeout: float) -> int:
     return _report(videos, by_name, out, wall)
 
 
-@contextlib.contextmanager
-def _stopping(process: Any) -> Any:
-    try:
-        yield process
-    finally:
-        process.stop()
+Process = TypeVar("Process", bound=ManagedProcess)
+
+
+def _start(running: contextlib.ExitStack, process: Process) -> Process:
+    # The stop is registered before the start: an interrupt that lands while the child is
+    # starting (the model server takes many seconds) must still stop it.
+    running.callback(process.stop)
+    return process.start()
 
 
 def _poll(s3: Any, sqs: Any, videos: list[DemoVideo], pipelines: dict[str, Pipeline]) -> tuple[int, int, int]:
@@ -273,17 +278,35 @@ def _report(videos: list[DemoVideo], pipelines: dict[str, Pipeline], out: Path, 
     return 0 if succeeded == len(rows) else 1
 
 
+class Stopped(KeyboardInterrupt):
+    """Ctrl-C, SIGTERM or SIGHUP, raised wherever the demo is, so that it unwinds and stops its children."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, _frame: FrameType | None) -> None:
+    raise Stopped(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m framescale.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=Path, default=Path("models"), help="exported models (make models)")
     parser.add_argument("--out", type=Path, default=Path("demo-output"), help="where results and pictures go")
     parser.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
     args = parser.parse_args(argv)
+    # The children run in sessions of their own (see ManagedProcess.start), so no signal meant
+    # for the demo reaches them: the demo must stop them itself. The default action of SIGTERM
+    # and SIGHUP would end it at once, without unwinding, and SIGINT may have been inherited
+    # as ignored (a background job of a script): all three are handled here alike.
+    for stop_signal in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop_signal, _raise_stopped)
     try:
         return run(args.models, args.out, args.timeout)
-    except KeyboardInterrupt:
-        print("\ninterrupted: everything the demo started has been stopped", file=sys.stderr)
-        return 130
+    except Stopped as stop:
+        print(f"\n{stop}: everything the demo started has been stopped", file=sys.stderr)
+        return 128 + stop.signum
 
 
 if __name__ == "__main__":

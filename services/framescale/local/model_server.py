@@ -14,10 +14,11 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Self
 
 import grpc
 
-from framescale.local.processes import ManagedProcess, free_port, python_argv, wait_until
+from framescale.local.processes import ManagedProcess, free_port, python_argv
 from framescale.tfserving import tfserving_pb2 as pb
 from framescale.tfserving.stubs import ModelServiceStub
 
@@ -48,6 +49,8 @@ def _two_free_ports(host: str) -> tuple[int, int]:
 
 class ModelServerProcess(ManagedProcess):
     """``python -m framescale.modelserver --model_base_dir DIR`` on free (or given) ports."""
+
+    start_timeout = START_TIMEOUT_SECONDS
 
     def __init__(
         self,
@@ -94,7 +97,7 @@ class ModelServerProcess(ManagedProcess):
     def rest_url(self) -> str:
         return f"http://{self.host}:{self.rest_port}"
 
-    def available(self, timeout: float = 2.0) -> bool:
+    def ready(self, timeout: float = 2.0) -> bool:
         """Whether GetModelStatus reports every awaited model AVAILABLE right now."""
         with grpc.insecure_channel(self.grpc_target) as channel:
             stub = ModelServiceStub(channel)
@@ -109,27 +112,13 @@ class ModelServerProcess(ManagedProcess):
                     return False
         return True
 
-    def start(self, timeout: float = START_TIMEOUT_SECONDS) -> ModelServerProcess:  # type: ignore[override]
+    def describe_ready(self) -> str:
+        return f"model server on {self.grpc_target} to serve {', '.join(self.models)}"
+
+    def start(self, timeout: float | None = None) -> Self:
         if not self.models:
             raise RuntimeError(
                 f"no exported models in {self.models_dir}: run `python -m framescale.modelserver.export "
                 f"--out {self.models_dir}` (make models)"
             )
-        super().start()
-        try:
-            wait_until(
-                lambda: not self.alive() or self.available(),
-                timeout,
-                f"model server on {self.grpc_target} to serve {', '.join(self.models)}",
-                interval=0.25,
-            )
-        except TimeoutError as error:
-            self.stop()
-            raise TimeoutError(f"{error}; its log ends:\n{self.log_tail()}") from None
-        if not self.alive():
-            code = self.stop()
-            raise RuntimeError(f"model server exited with status {code} at start; its log ends:\n{self.log_tail()}")
-        return self
-
-    def __enter__(self) -> ModelServerProcess:
-        return self.start()
+        return super().start(timeout)

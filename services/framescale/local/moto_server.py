@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from framescale.local.processes import ManagedProcess, free_port, http_ok, python_argv, wait_until
+from framescale.local.processes import ManagedProcess, free_port, http_ok, python_argv
 
 # moto accepts any credentials; these only keep boto3 from looking for real ones.
 FAKE_CREDENTIALS = {
@@ -45,16 +45,11 @@ class MotoServer(ManagedProcess):
             "AWS_REGION": self.region,
         }
 
-    def start(self, timeout: float = 60.0) -> MotoServer:  # type: ignore[override]
-        super().start()
-        wait_until(
-            lambda: http_ok(f"{self.endpoint_url}/moto-api/data.json") or not self.alive(),
-            timeout,
-            f"moto server on {self.endpoint_url}",
-        )
-        if not self.alive():
-            raise RuntimeError(f"moto server exited at start:\n{self.log_tail()}")
-        return self
+    def ready(self) -> bool:
+        return http_ok(f"{self.endpoint_url}/moto-api/data.json")
+
+    def describe_ready(self) -> str:
+        return f"moto server on {self.endpoint_url}"
 
     def reset(self) -> None:
         """Drop every resource (moto's own reset endpoint)."""

@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Self
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -40,7 +40,14 @@ def http_ok(url: str, timeout: float = 1.0) -> bool:
 
 
 class ManagedProcess:
-    """A child process with a log file, stopped with SIGTERM then SIGKILL."""
+    """A child process with a log file, stopped with SIGTERM then SIGKILL.
+
+    ``start`` returns once the child is ready (``ready``, for subclasses that serve
+    something); if the start fails or is interrupted in any way, the child is stopped
+    before the exception goes on, so a failed start never leaves a process behind.
+    """
+
+    start_timeout = 60.0
 
     def __init__(
         self,
@@ -59,16 +66,43 @@ class ManagedProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
-    def start(self) -> ManagedProcess:
+    def ready(self) -> bool:
+        """Whether the running child is ready for use; by default as soon as it runs."""
+        return True
+
+    def describe_ready(self) -> str:
+        """What ``start`` waits for, for its time-out message."""
+        return f"{self.name} to be ready"
+
+    def start(self, timeout: float | None = None) -> Self:
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = self.log_path.open("ab")
         out = self._log if self._log is not None else subprocess.DEVNULL
         # A new session so that Ctrl-C in a terminal reaches only the parent, which stops
-        # its children in order.
+        # its children in order (they would otherwise all start shutting down at once).
+        # The price: whoever starts a child must stop it, on every path out.
         self.process = subprocess.Popen(
             self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=self.cwd, start_new_session=True
         )
+        try:
+            wait_until(
+                lambda: not self.alive() or self.ready(),
+                self.start_timeout if timeout is None else timeout,
+                self.describe_ready(),
+                interval=0.25,
+            )
+            if not self.alive():
+                code = self.process.returncode
+                raise RuntimeError(f"{self.name} exited with status {code} at start; its log ends:\n{self.log_tail()}")
+        except TimeoutError as error:
+            self.stop()
+            raise TimeoutError(f"{error}; its log ends:\n{self.log_tail()}") from None
+        except BaseException:
+            # Also KeyboardInterrupt and the demo's SIGTERM/SIGHUP: the caller has no handle on
+            # this child yet, so nobody else could stop it.
+            self.stop()
+            raise
         return self
 
     @property
@@ -99,14 +133,20 @@ class ManagedProcess:
     def stop(self, timeout: float = 10.0) -> int | None:
         if self.process is None:
             return None
-        if self.alive():
-            self.process.terminate()
-            if self.wait(timeout) is None:
-                self.process.kill()
-                self.wait(5)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        try:
+            if self.alive():
+                self.process.terminate()
+                if self.wait(timeout) is None:
+                    self.process.kill()
+                    self.wait(5)
+        except BaseException:
+            # Interrupted while waiting for a graceful exit (a second Ctrl-C): do not wait again.
+            self.process.kill()
+            raise
+        finally:
+            if self._log is not None:
+                self._log.close()
+                self._log = None
         return self.process.returncode
 
     def log_tail(self, lines: int = 40) -> str:
@@ -114,7 +154,7 @@ class ManagedProcess:
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
-    def __enter__(self) -> ManagedProcess:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
