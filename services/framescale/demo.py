@@ -30,7 +30,7 @@ from framescale.local.annotate import annotate_best_frames, contact_sheet
 from framescale.local.model_server import ModelServerProcess
 from framescale.local.moto_server import MotoServer
 from framescale.local.processes import ManagedProcess
-from framescale.local.videos import write_photo_video, write_synthetic_video
+from framescale.local.videos import make_photo_video, write_synthetic_video
 from framescale.local.worker_process import WorkerProcess
 from framescale.synthetic import LABELS as SYNTHETIC_LABELS
 
@@ -65,7 +65,8 @@ def make_videos(folder: Path) -> list[DemoVideo]:
     folder.mkdir(parents=True, exist_ok=True)
     videos = []
     people = folder / "people.mp4"
-    write_photo_video(people, fps=10, seconds_per_photo=3)
+    # Three photographs of people, then one of a cup of coffee: no one to find there.
+    make_photo_video(people, fps=10, seconds_per_photo=3, with_empty_scene=True)
     videos.append(DemoVideo("people.mp4", people, "people", 2.0, "people"))
     specs = [
         ("shapes-small.mp4", dict(width=320, height=240, fps=10, frame_count=100, seed=1), 2.0),

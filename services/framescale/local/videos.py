@@ -107,46 +107,142 @@ def write_synthetic_video(
     return SyntheticVideo(path, width, height, fps, frame_count, truth)
 
 
-def real_photographs() -> list[tuple[str, np.ndarray]]:
-    """Photographs of people that ship inside PyPI wheels (BGR): nothing is downloaded."""
+@dataclass(frozen=True)
+class Photograph:
+    name: str
+    image: np.ndarray  # BGR
+    # (top, left, bottom, right) in pixels, exclusive ends: drawn by hand around each person,
+    # whole figure as far as it shows (held objects, like the astronaut's helmet, left out).
+    people: tuple[tuple[int, int, int, int], ...]
+
+
+def real_photographs() -> list[Photograph]:
+    """Photographs of people that ship inside PyPI wheels: nothing is downloaded."""
     import matplotlib.cbook
     from skimage import data
 
-    photos = [("astronaut", cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))]
     sample = Path(str(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))
-    buffer = np.frombuffer(sample.read_bytes(), dtype=np.uint8)
-    photos.append(("grace_hopper", cv2.imdecode(buffer, cv2.IMREAD_COLOR)))
-    photos.append(("cameraman", cv2.cvtColor(data.camera(), cv2.COLOR_GRAY2BGR)))
-    return photos
+    grace_hopper = cv2.imdecode(np.frombuffer(sample.read_bytes(), dtype=np.uint8), cv2.IMREAD_COLOR)
+    if grace_hopper is None:
+        raise RuntimeError(f"OpenCV cannot decode {sample}")
+    return [
+        Photograph("astronaut", cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR), ((15, 22, 512, 365),)),
+        Photograph("grace_hopper", grace_hopper, ((22, 12, 600, 512),)),
+        Photograph("cameraman", cv2.cvtColor(data.camera(), cv2.COLOR_GRAY2BGR), ((65, 0, 512, 330),)),
+    ]
+
+
+def photograph_without_people() -> Photograph:
+    """A cup of coffee on a table: a real photograph in which a person detector must find no one."""
+    from skimage import data
+
+    return Photograph("coffee", cv2.cvtColor(data.coffee(), cv2.COLOR_RGB2BGR), ())
+
+
+@dataclass(frozen=True)
+class PhotoVideo:
+    path: Path
+    width: int
+    height: int
+    fps: float
+    frames_per_photo: int
+    photos: list[str]  # in the order shown, each for frames_per_photo frames
+    truth: list[list[TruthBox]]  # per frame: where the people are
+
+    def photo_at(self, frame: int) -> str:
+        return self.photos[frame // self.frames_per_photo]
+
+
+def make_photo_video(
+    path: Path,
+    *,
+    width: int = 640,
+    height: int = 480,
+    fps: float = 10.0,
+    seconds_per_photo: float = 2.0,
+    with_empty_scene: bool = False,
+) -> PhotoVideo:
+    """A short video that slowly zooms over each photograph in turn, with the people's boxes per frame.
+
+    ``with_empty_scene`` appends a photograph without people, where no detection is right.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    photographs = real_photographs() + ([photograph_without_people()] if with_empty_scene else [])
+    writer = _writer(path, fps, width, height, None)
+    frames_each = max(1, round(fps * seconds_per_photo))
+    truth: list[list[TruthBox]] = []
+    try:
+        for photograph in photographs:
+            for frame in range(frames_each):
+                zoom = 1.0 + 0.12 * frame / frames_each  # a gentle push-in so frames differ
+                placement = _Placement.of(photograph.image, width, height, zoom)
+                writer.write(placement.render(photograph.image))
+                truth.append([TruthBox(1, "person", placement.box(person)) for person in photograph.people])
+    finally:
+        writer.release()
+    return PhotoVideo(path, width, height, fps, frames_each, [photo.name for photo in photographs], truth)
 
 
 def write_photo_video(
     path: Path, *, width: int = 640, height: int = 480, fps: float = 10.0, seconds_per_photo: float = 2.0
 ) -> list[str]:
-    """A short video that slowly zooms over each photograph in turn; returns the photo names in order."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer = _writer(path, fps, width, height, None)
-    names = []
-    frames_each = max(1, round(fps * seconds_per_photo))
-    try:
-        for name, photo in real_photographs():
-            names.append(name)
-            for frame in range(frames_each):
-                zoom = 1.0 + 0.12 * frame / frames_each  # a gentle push-in so frames differ
-                writer.write(_letterbox(photo, width, height, zoom))
-    finally:
-        writer.release()
-    return names
+    """``make_photo_video`` for callers that need only the photo names, in order."""
+    return make_photo_video(path, width=width, height=height, fps=fps, seconds_per_photo=seconds_per_photo).photos
 
 
-def _letterbox(photo: np.ndarray, width: int, height: int, zoom: float) -> np.ndarray:
-    h, w = photo.shape[:2]
-    crop_h, crop_w = int(h / zoom), int(w / zoom)
-    top, left = (h - crop_h) // 2, (w - crop_w) // 2
-    cropped = photo[top : top + crop_h, left : left + crop_w]
-    scale = min(width / crop_w, height / crop_h)
-    resized = cv2.resize(cropped, (int(crop_w * scale), int(crop_h * scale)), interpolation=cv2.INTER_AREA)
-    canvas = np.zeros((height, width, 3), dtype=np.uint8)
-    y, x = (height - resized.shape[0]) // 2, (width - resized.shape[1]) // 2
-    canvas[y : y + resized.shape[0], x : x + resized.shape[1]] = resized
-    return canvas
+@dataclass(frozen=True)
+class _Placement:
+    """A centred crop of ``1/zoom`` of the photograph, scaled to fit the frame, centred on black."""
+
+    width: int
+    height: int
+    crop_top: int
+    crop_left: int
+    crop_height: int
+    crop_width: int
+    top: int  # of the scaled crop in the frame
+    left: int
+    scaled_height: int
+    scaled_width: int
+
+    @classmethod
+    def of(cls, photo: np.ndarray, width: int, height: int, zoom: float) -> _Placement:
+        h, w = photo.shape[:2]
+        crop_h, crop_w = int(h / zoom), int(w / zoom)
+        scale = min(width / crop_w, height / crop_h)
+        scaled_h, scaled_w = int(crop_h * scale), int(crop_w * scale)
+        return cls(
+            width,
+            height,
+            (h - crop_h) // 2,
+            (w - crop_w) // 2,
+            crop_h,
+            crop_w,
+            (height - scaled_h) // 2,
+            (width - scaled_w) // 2,
+            scaled_h,
+            scaled_w,
+        )
+
+    def render(self, photo: np.ndarray) -> np.ndarray:
+        cropped = photo[
+            self.crop_top : self.crop_top + self.crop_height, self.crop_left : self.crop_left + self.crop_width
+        ]
+        resized = cv2.resize(cropped, (self.scaled_width, self.scaled_height), interpolation=cv2.INTER_AREA)
+        canvas = np.zeros((self.height, self.width, 3), dtype=np.uint8)
+        canvas[self.top : self.top + self.scaled_height, self.left : self.left + self.scaled_width] = resized
+        return canvas
+
+    def box(self, pixels: tuple[int, int, int, int]) -> tuple[float, float, float, float]:
+        """A box in the photograph's pixels → normalized to the frame (clipped to what the crop shows)."""
+        top, left, bottom, right = pixels
+
+        def frame_y(y: int) -> float:
+            inside = min(max(y - self.crop_top, 0), self.crop_height)
+            return (self.top + inside * self.scaled_height / self.crop_height) / self.height
+
+        def frame_x(x: int) -> float:
+            inside = min(max(x - self.crop_left, 0), self.crop_width)
+            return (self.left + inside * self.scaled_width / self.crop_width) / self.width
+
+        return (frame_y(top), frame_x(left), frame_y(bottom), frame_x(right))
