@@ -143,6 +143,26 @@ def test_synthetic_videos_in_all_three_message_forms(aws_env, tmp_path: Path, st
     assert dead_letters(stack) == []
 
 
+def test_letterbox_maps_boxes_back_to_the_original_frame(aws_env, tmp_path: Path, start_worker) -> None:
+    # The model sees each frame shrunk to fit a square and padded, bars above and below a
+    # wide frame, left and right of a tall one; results must come back in the original's
+    # coordinates. (With the default ``stretch`` the mapping is the identity.)
+    stack = local_stack.provision(unique("letterbox"))
+    videos = {
+        "wide": write_synthetic_video(tmp_path / "wide.mp4", width=640, height=240, fps=10, frame_count=20, seed=21),
+        "tall": write_synthetic_video(tmp_path / "tall.mp4", width=240, height=480, fps=10, frame_count=20, seed=22),
+    }
+    sample_fps = 5.0
+    for job_id, video in videos.items():
+        enqueue(stack, {"video": upload(stack, video.path), "job_id": job_id, "sample_fps": sample_fps})
+    start_worker(stack, model="synthetic", resize_mode="letterbox", input_size="320")
+    for job_id, video in videos.items():
+        summary = wait_for(lambda j=job_id: read_summary(stack, j), what=f"summary of {job_id}")
+        assert summary["status"] == "succeeded"
+        assert summary["model"]["resize_mode"] == "letterbox" and summary["model"]["input_size"] == [320, 320]
+        assert_every_object_found(job_id, video, sample_fps, read_lines(stack, job_id))
+
+
 def test_real_detector_finds_the_people_in_real_photographs(aws_env, tmp_path: Path, start_worker) -> None:
     stack = local_stack.provision(unique("people"))
     video = make_photo_video(tmp_path / "people.mp4", fps=10.0, seconds_per_photo=2.0, with_empty_scene=True)
