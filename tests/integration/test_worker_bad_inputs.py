@@ -1,4 +1,4 @@
-"""Every bad input ends in the dead-letter queue with its reason; the worker lives on."""
+"""Every bad input ends in the dead-letter queue with its reason; the same slot serves the next job."""
 
 from __future__ import annotations
 
@@ -33,6 +33,10 @@ def zero_frame_avi(path: Path) -> Path:
 
 def test_bad_inputs_are_dead_lettered_with_their_reasons(aws_env, tmp_path: Path, start_worker) -> None:
     stack = local_stack.provision(unique("bad"))
+    worker = start_worker(stack, model="synthetic")
+    # A message that crashes its slot comes back until the redrive policy gives up on it,
+    # with no reason attached: the slot's PID must not change while the bad messages pass.
+    slots = wait_for(worker.slot_pids, what="the worker's slot process")
     text = tmp_path / "notes.mp4"
     text.write_text("this is a shopping list, not a video\n" * 50)
     empty = tmp_path / "empty.mp4"
@@ -60,10 +64,15 @@ def test_bad_inputs_are_dead_lettered_with_their_reasons(aws_env, tmp_path: Path
             json.dumps({"video": upload(stack, truncated), "job_id": "truncated"}),
             "not a video OpenCV can open",
         ),
+        # Bodies that used to raise out of the parser (RecursionError, ValueError, UnicodeEncodeError).
+        "deeply-nested": ("[" * 200_000, "nests arrays or objects more than"),
+        "long-number": ('{"video": "s3://videos/a.mp4", "sample_fps": 1' + "0" * 5_000 + "}", "number of 5001 digits"),
+        "lone-surrogate": (f'{{"video": "s3://{stack.input_bucket}/\\ud800.mp4"}}', "not valid Unicode"),
+        "boolean-sample-fps": (json.dumps({"video": "s3://videos/a.mp4", "sample_fps": True}), "sample_fps"),
+        "empty-output": (json.dumps({"video": "s3://videos/a.mp4", "output": ""}), "output is empty"),
     }
     for body, _ in cases.values():
         enqueue(stack, body)
-    worker = start_worker(stack, model="synthetic")
 
     collected: list[dict] = []
 
@@ -86,11 +95,12 @@ def test_bad_inputs_are_dead_lettered_with_their_reasons(aws_env, tmp_path: Path
     assert all(n["invocationStatus"] == "Failed" and n["failureReason"] for n in errors)
     assert {n["inferenceId"] for n in errors} >= {"missing-object", "not-a-video", "zero-frames", "empty-object"}
 
-    # The worker is still alive and still working.
-    assert worker.alive()
+    # The same slot, never restarted, still does real work.
     good = write_synthetic_video(tmp_path / "good.mp4", frame_count=20)
     enqueue(stack, {"video": upload(stack, good.path), "job_id": "after-the-bad-ones"})
-    assert wait_for(lambda: read_summary(stack, "after-the-bad-ones"), what="a good job after bad ones")
+    summary = wait_for(lambda: read_summary(stack, "after-the-bad-ones"), what="a good job after bad ones")
+    assert summary["status"] == "succeeded" and summary["frames"]["sampled"] > 0
     sqs = client("sqs")
     assert wait_for(lambda: local_stack.queue_depth(sqs, stack.queue_url) == (0, 0), what="queue to drain")
     assert worker.alive()
+    assert worker.slot_pids() == slots
