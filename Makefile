@@ -5,7 +5,10 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-PYTHON ?= python3
+# The interpreter the virtualenv is made from: python3.11 where installed (the version the
+# project is developed and measured on), else python3; checked to be 3.11-3.13 (TensorFlow's
+# wheels and requires-python) before anything is installed. Override: make PYTHON=/path/to/python.
+PYTHON ?= $(or $(shell command -v python3.11 2>/dev/null),python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
@@ -23,6 +26,8 @@ help: ## List the targets
 # ---------------------------------------------------------------- set-up
 
 $(PY):
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 (3.12, 3.13 work too) or run make PYTHON=/path/to/python3.11" >&2; exit 1; }
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 11) <= v <= (3, 13) else "$(PYTHON) is Python %d.%d; framescale needs 3.11 to 3.13: install python3.11 or run make PYTHON=/path/to/python3.11" % v)'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
 
@@ -57,9 +62,12 @@ demo: setup ## Run the whole pipeline locally and show what it did (demo-output/
 test: setup helm ## Run the whole test suite (unit, integration, e2e, chaos, operator, chart)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+# Some unit tests check the exported SavedModels, hence the models; tests marked
+# integration that live under tests/unit (the quick benchmark run) start real processes
+# and run with `make test`.
 .PHONY: test-unit
-test-unit: $(DEPS_STAMP) ## Run the unit tests only
-	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+test-unit: $(MODELS_STAMP) ## Run the unit tests only
+	$(BIN)/pytest tests/unit -m 'not integration' $(PYTEST_ARGS)
 
 .PHONY: test-operator
 test-operator: $(DEPS_STAMP) ## Run the operator's unit and integration tests (kopf against the API emulator)
