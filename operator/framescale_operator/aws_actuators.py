@@ -1,22 +1,24 @@
 """The AWS side of the operator: read the queue and the group, set capacity and protection.
 
 One class, ``AwsActuator``, over three boto3 clients made once at start-up. Each method is
-one idempotent call (or a small batch of them). botocore's standard retry mode already
-backs off on throttling; what is still failing afterwards is raised as ``AwsRetryable``
-(throttling, a scaling activity in progress, contention: try again shortly) or
-``AwsFailure`` (anything else), so the caller can say what happens next.
+one idempotent call (or a small batch of them). Protection flags come with EC2 tags that say
+which pipeline set them (``protection.MARKER_TAGS``), so that only those are ever released.
+botocore's standard retry mode already backs off on throttling; what is still failing
+afterwards is raised as ``AwsRetryable`` (throttling, a scaling activity in progress,
+contention: try again shortly) or ``AwsFailure`` (anything else), so the caller can say what
+happens next.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from framescale import aws
-from framescale_operator.protection import GroupInstance
+from framescale_operator.protection import MARKER_TAGS, SCALE_IN_MARKER, TERMINATION_MARKER, GroupInstance, Markers
 
 RETRYABLE_CODES = frozenset(
     {
@@ -40,6 +42,8 @@ QUEUE_NOT_FOUND_CODES = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "Q
 INSTANCE_NOT_FOUND_CODES = frozenset({"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"})
 # SetInstanceProtection takes at most this many instance ids per call.
 PROTECTION_BATCH = 50
+# DescribeTags takes at most this many values per filter.
+FILTER_BATCH = 200
 
 
 class AwsError(Exception):
@@ -105,6 +109,12 @@ class AwsApi(Protocol):
     def termination_protection(self, instance_ids: Iterable[str]) -> dict[str, bool]: ...
 
     def set_termination_protection(self, instance_id: str, enabled: bool) -> None: ...
+
+    def protection_markers(self, instance_ids: Iterable[str]) -> dict[str, Markers]: ...
+
+    def set_marker(self, instance_id: str, key: str, owner: str) -> None: ...
+
+    def clear_marker(self, instance_id: str, key: str, owner: str) -> None: ...
 
 
 def _translate(operation: str, error: Exception) -> AwsError:
@@ -217,11 +227,53 @@ class AwsActuator:
         return result
 
     def set_termination_protection(self, instance_id: str, enabled: bool) -> None:
+        self._instance_write(
+            "ModifyInstanceAttribute",
+            self.ec2.modify_instance_attribute,
+            InstanceId=instance_id,
+            DisableApiTermination={"Value": enabled},
+        )
+
+    def protection_markers(self, instance_ids: Iterable[str]) -> dict[str, Markers]:
+        """The framescale tags of the given instances (those without any are left out)."""
+        found: dict[str, dict[str, str]] = {}
+        paginator = self.ec2.get_paginator("describe_tags")
+        for batch in _batches(sorted(set(instance_ids)), FILTER_BATCH):
+            filters = [
+                {"Name": "resource-type", "Values": ["instance"]},
+                {"Name": "resource-id", "Values": list(batch)},
+                {"Name": "key", "Values": list(MARKER_TAGS)},
+            ]
+            try:
+                for page in paginator.paginate(Filters=filters):
+                    for tag in page.get("Tags", []):
+                        found.setdefault(str(tag["ResourceId"]), {})[str(tag["Key"])] = str(tag.get("Value", ""))
+            except (ClientError, BotoCoreError) as error:
+                raise _translate("DescribeTags", error) from error
+        return {
+            instance_id: Markers(scale_in=tags.get(SCALE_IN_MARKER), termination=tags.get(TERMINATION_MARKER))
+            for instance_id, tags in found.items()
+        }
+
+    def set_marker(self, instance_id: str, key: str, owner: str) -> None:
+        self._instance_write(
+            "CreateTags", self.ec2.create_tags, Resources=[instance_id], Tags=[{"Key": key, "Value": owner}]
+        )
+
+    def clear_marker(self, instance_id: str, key: str, owner: str) -> None:
+        # With a value, DeleteTags removes the tag only while it still names this owner.
+        self._instance_write(
+            "DeleteTags", self.ec2.delete_tags, Resources=[instance_id], Tags=[{"Key": key, "Value": owner}]
+        )
+
+    @staticmethod
+    def _instance_write(operation: str, call: Callable[..., Any], **params: Any) -> None:
+        """One write to one instance; an instance that is gone needs nothing more."""
         try:
-            self.ec2.modify_instance_attribute(InstanceId=instance_id, DisableApiTermination={"Value": enabled})
+            call(**params)
         except ClientError as error:
             if str(error.response.get("Error", {}).get("Code", "")) in INSTANCE_NOT_FOUND_CODES:
                 return
-            raise _translate("ModifyInstanceAttribute", error) from error
+            raise _translate(operation, error) from error
         except BotoCoreError as error:
-            raise _translate("ModifyInstanceAttribute", error) from error
+            raise _translate(operation, error) from error

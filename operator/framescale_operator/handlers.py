@@ -4,8 +4,10 @@
   clean-up closes them.
 * indexes of the framescale busy Leases and of the Nodes (kept current by kopf's watches);
   a Lease event that flips busy/idle wakes the pipelines at their next tick.
-* a 1-second timer per VideoPipeline that runs a reconcile pass when one is due (its own
-  poll interval, a spec change, a busy Lease change or expiry) and writes ``status``.
+* a 1-second timer per VideoPipeline that runs a reconcile pass when ``scheduling`` says one
+  is due, and writes ``status``. A failed pass never raises ``kopf.TemporaryError`` here: kopf
+  would sleep the whole timer through the delay, Lease changes included; the clock schedules
+  the retry instead. The status and a Warning Event say it is retrying, a log line says when.
 * deletion releases every protection the pipeline holds (hence a finalizer).
 """
 
@@ -145,14 +147,17 @@ async def tick(
     clock: scheduling.PipelineClock = memo.setdefault("clock", scheduling.PipelineClock())
     monotonic, now = time.monotonic(), datetime.now(UTC)
     generation = meta.get("generation")
-    poll = (spec.get("autoscaling") or {}).get("pollIntervalSeconds") or config.default_poll_interval_seconds
-    if isinstance(poll, bool) or not isinstance(poll, int | float) or poll <= 0:
-        poll = config.default_poll_interval_seconds  # an invalid spec is reported by the pass below
     epoch = watch.epoch
-    why = clock.due(monotonic=monotonic, now=now, poll_interval=poll, generation=generation, lease_epoch=epoch)
-    if why is None:
+    due = clock.due(
+        monotonic=monotonic,
+        now=now,
+        poll_interval=scheduling.poll_interval(spec, config.default_poll_interval_seconds),
+        resync_interval=config.protection_resync_seconds,
+        generation=generation,
+        lease_epoch=epoch,
+    )
+    if due is None:
         return
-    audit = clock.audit_due(monotonic=monotonic, audit_interval=config.protection_resync_seconds)
 
     ref = reconcile.PipelineRef(namespace=namespace, name=name)
     snapshot = reconcile.Snapshot(
@@ -162,39 +167,36 @@ async def tick(
         leases=list(busy_leases.get(_lease_namespace(config, namespace), [])),
         nodes=_nodes_snapshot(nodes),
         now=now,
-        audit=audit,
     )
     started = time.monotonic()
-    outcome = await asyncio.to_thread(reconcile.reconcile, ref, snapshot, aws=memo.aws, nodes_api=memo.nodes_api)
+    outcome = await asyncio.to_thread(
+        reconcile.reconcile, ref, snapshot, aws=memo.aws, nodes_api=memo.nodes_api, scale=due.scale
+    )
     metrics.record(ref, outcome, time.monotonic() - started)
-    clock.ran(
+    retry_in = clock.ran(
+        due,
         monotonic=monotonic,
         generation=generation,
         lease_epoch=epoch,
-        next_expiry=outcome.plan.next_expiry() if outcome.plan is not None else None,
-        audited=audit and outcome.plan is not None,
+        next_expiry=outcome.next_expiry(),
+        scaling_retry=bool(outcome.scaling_failure and outcome.scaling_failure.retryable),
+        protection_retry=bool(outcome.protection_failure and outcome.protection_failure.retryable),
+        base_delay=config.temporary_error_delay_seconds,
     )
     for key, value in outcome.status_patch.items():
         patch.status[key] = value
     for note in outcome.events:
         kopf.event(body, type=note.type, reason=note.reason, message=note.message)
+    extra = ref.log_extra(
+        backlog=outcome.depth.backlog if outcome.depth else None,
+        desired=outcome.decision.desired if outcome.decision else None,
+        reason=outcome.decision.reason.value if outcome.decision else None,
+    )
     if outcome.status_patch or outcome.actions:
-        log.info(
-            "pass (%s): %s",
-            why,
-            "; ".join(outcome.actions) or "status updated",
-            extra=ref.log_extra(
-                backlog=outcome.depth.backlog if outcome.depth else None,
-                desired=outcome.decision.desired if outcome.decision else None,
-                reason=outcome.decision.reason.value if outcome.decision else None,
-            ),
-        )
-    if outcome.retry is None:
-        clock.failures = 0
-        return
-    # Throttled or in conflict after botocore's own retries: back off, doubling each time.
-    clock.failures += 1
-    raise kopf.TemporaryError(str(outcome.retry), delay=clock.backoff(config.temporary_error_delay_seconds))
+        log.info("pass (%s): %s", due.why, "; ".join(outcome.actions) or "status updated", extra=extra)
+    if retry_in is not None:
+        failed = "; ".join(f"{failure.reason}: {failure.message}" for failure in outcome.failures)
+        log.warning("pass (%s) failed, retrying in %.0f s: %s", due.why, retry_in, failed, extra=extra)
 
 
 @kopf.on.delete(*RESOURCE, id="release")
@@ -220,7 +222,7 @@ async def release(
             nodes_api=memo.nodes_api,
         )
     except (AwsRetryable, KubeRetryable) as error:
-        delay = min(300.0, config.temporary_error_delay_seconds * 2 ** int(kwargs.get("retry") or 0))
+        delay = scheduling.backoff(config.temporary_error_delay_seconds, int(kwargs.get("retry") or 0) + 1)
         raise kopf.TemporaryError(str(error), delay=delay) from error
     except (AwsError, KubeError) as error:
         raise kopf.PermanentError(f"could not release protection: {error}") from error

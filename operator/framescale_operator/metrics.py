@@ -13,6 +13,7 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from framescale_operator import protection
 from framescale_operator.reconcile import Outcome, PipelineRef
 
 PIPELINE_LABELS = ("namespace", "pipeline")
@@ -57,7 +58,7 @@ PROTECTED_INSTANCES = Gauge(
 BUSY_NODES = Gauge("framescale_busy_nodes", "Nodes with a held, unexpired busy Lease.", PIPELINE_LABELS)
 RECONCILE_ERRORS = Counter(
     "framescale_operator_reconcile_errors",
-    "Reconcile passes that ended without reaching the desired state, by reason.",
+    "Failed halves (scaling, protection) of reconcile passes, by reason.",
     (*PIPELINE_LABELS, "reason"),
 )
 RECONCILE_SECONDS = Histogram(
@@ -82,9 +83,8 @@ def record(ref: PipelineRef, outcome: Outcome, duration_seconds: float) -> None:
     """Export what one pass saw and did."""
     labels = (ref.namespace, ref.name)
     RECONCILE_SECONDS.observe(duration_seconds)
-    ready = next((c for c in outcome.status.get("conditions", []) if c.get("type") == "Ready"), None)
-    if ready is not None and ready.get("status") != "True":
-        RECONCILE_ERRORS.labels(*labels, str(ready.get("reason", "Unknown"))).inc()
+    for failure in outcome.failures:
+        RECONCILE_ERRORS.labels(*labels, failure.reason).inc()
     if outcome.depth is not None:
         backlog = outcome.depth.backlog
         BACKLOG.labels(*labels).set(backlog)
@@ -96,9 +96,10 @@ def record(ref: PipelineRef, outcome: Outcome, duration_seconds: float) -> None:
         CURRENT_REPLICAS.labels(*labels).set(outcome.group.in_service)
         desired = outcome.decision.desired if outcome.decision is not None else outcome.group.desired
         DESIRED_REPLICAS.labels(*labels).set(desired)
-    if outcome.plan is not None:
-        PROTECTED_INSTANCES.labels(*labels).set(len(outcome.plan.protected_instances))
-        BUSY_NODES.labels(*labels).set(len(outcome.plan.busy))
+    if outcome.busy is not None:
+        BUSY_NODES.labels(*labels).set(len(outcome.busy))
+    if outcome.instances_protected:
+        PROTECTED_INSTANCES.labels(*labels).set(len(protection.instances_of(outcome.busy or ())))
     if outcome.scaled and outcome.decision is not None and outcome.scaled_from is not None:
         direction = "out" if outcome.decision.desired > outcome.scaled_from else "in"
         SCALING_EVENTS.labels(*labels, direction).inc()

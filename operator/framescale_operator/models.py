@@ -146,7 +146,7 @@ class ConditionStatus(StrEnum):
 class Condition(_ApiModel):
     """A Kubernetes-style condition."""
 
-    type: str = Field(description="Kind of condition: Ready or Scaling.")
+    type: str = Field(description="Kind of condition: Ready, Scaling or Protected.")
     status: ConditionStatus = Field(description="True, False or Unknown.")
     reason: str = Field(default="", description="One CamelCase word saying why.")
     message: str = Field(default="", description="What happened, for humans.")
@@ -197,7 +197,11 @@ class VideoPipelineStatus(_ApiModel):
         default=None, description="metadata.generation of the spec the status reflects."
     )
     conditions: list[Condition] = Field(
-        default_factory=list, description="Ready (the pipeline is reconciled) and Scaling (the last decision)."
+        default_factory=list,
+        description=(
+            "Protected (busy-node protection matches the Leases), Scaling (the last decision, or why none "
+            "could be made) and Ready (both are True)."
+        ),
     )
 
 

@@ -12,7 +12,9 @@ One policy covers the whole range, zero included:
   anyway; keeping the desired count at or above them keeps it truthful);
 * ``spec.replicas`` pins the count (manual mode): no cooldowns, no floor (busy nodes stay
   protected and are removed by the group once they go idle);
-* whatever the mode, the Auto Scaling group's own MinSize/MaxSize are hard limits.
+* whatever the mode, the Auto Scaling group's own MinSize/MaxSize are hard limits;
+* whatever the mode, no scale-in while busy-node protection could not be brought up to date
+  (a busy instance might not be protected yet, and the group could pick it).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class Reason(StrEnum):
     SCALE_IN_COOLDOWN = "ScaleInCooldown"
     BUSY_FLOOR = "BusyNodes"
     BELOW_ACTIVATION = "BelowActivation"
+    PROTECTION_PENDING = "ProtectionPending"
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class Observation:
     busy_nodes: int = 0
     group_min: int = 0
     group_max: int | None = None
+    protection_in_place: bool = True  # the busy instances' scale-in protection is known to be set
 
     @property
     def backlog(self) -> int:
@@ -111,6 +115,19 @@ def wanted_replicas(backlog: int, spec: ScalingSpec) -> int:
 
 def decide(observation: Observation, spec: ScalingSpec, last_scale: LastScale | None, now: datetime) -> Decision:
     """The node count to set now, with the reason."""
+    decision = _decide(observation, spec, last_scale, now)
+    current = observation.current_desired
+    if decision.desired < current and not observation.protection_in_place:
+        return Decision(
+            current,
+            Reason.PROTECTION_PENDING,
+            f"want {decision.desired}, holding {current} until busy-node protection is in place",
+            wanted=decision.desired,
+        )
+    return decision
+
+
+def _decide(observation: Observation, spec: ScalingSpec, last_scale: LastScale | None, now: datetime) -> Decision:
     current = observation.current_desired
     backlog = observation.backlog
     group_min, group_max = observation.group_min, observation.group_max

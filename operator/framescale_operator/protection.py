@@ -8,10 +8,16 @@ For each busy node in the pipeline's Auto Scaling group the operator wants, all 
 * the Node annotations that Cluster Autoscaler and Karpenter honour, plus our own marker
   annotation naming the pipeline, so that we only ever remove annotations we put there.
 
-Everything else in the group is released. The order of the actuators keeps a crash between
-two calls healable: protect scale-in first and termination second; release termination first
-and scale-in last. So "EC2 flag on" implies "scale-in flag on", and the scale-in flag (which a
-group description shows for free) tells the next pass which instances to look at.
+The operator only ever undoes what it did itself. People, the group's
+``NewInstancesProtectedFromScaleIn`` and other VideoPipelines on the same group set the same
+flags; so each flag framescale turns on carries an EC2 tag naming the pipeline
+(``SCALE_IN_MARKER``, ``TERMINATION_MARKER``), and a flag is released only where that tag
+names this pipeline. A flag that was already on is someone else's: it counts as protection,
+but is neither tagged nor released.
+
+The order of the calls keeps a crash between two of them healable: the tag goes on before its
+flag and comes off after it, so "flag set by us" always implies "tag present", and a tag whose
+flag is already off is only removed. Scale-in protection is released last.
 """
 
 from __future__ import annotations
@@ -25,6 +31,10 @@ from typing import Any
 from framescale import busy_lease, names
 
 PROTECTED_BY_ANNOTATION = "framescale.io/protected-by"
+# EC2 instance tags: the pipeline (namespace/name) that turned the flag on.
+SCALE_IN_MARKER = "framescale.io/scale-in-protected-by"
+TERMINATION_MARKER = "framescale.io/termination-protected-by"
+MARKER_TAGS = (SCALE_IN_MARKER, TERMINATION_MARKER)
 NODE_PROTECTION_ANNOTATIONS = (
     names.CLUSTER_AUTOSCALER_SCALE_DOWN_DISABLED,
     names.KARPENTER_DO_NOT_DISRUPT,
@@ -88,6 +98,14 @@ class GroupInstance:
 
 
 @dataclass(frozen=True)
+class Markers:
+    """Which pipeline (``namespace/name``) turned each protection flag of an instance on."""
+
+    scale_in: str | None = None
+    termination: str | None = None
+
+
+@dataclass(frozen=True)
 class BusyNode:
     node_name: str
     instance_id: str | None
@@ -100,10 +118,13 @@ class ProtectionPlan:
     """What to change; empty lists mean the world already matches."""
 
     busy: tuple[BusyNode, ...]
+    mark_scale_in: tuple[str, ...] = ()
     protect_scale_in: tuple[str, ...] = ()
-    enable_termination_protection: tuple[str, ...] = ()
-    disable_termination_protection: tuple[str, ...] = ()
+    mark_termination: tuple[str, ...] = ()
+    protect_termination: tuple[str, ...] = ()
+    release_termination: tuple[str, ...] = ()  # flag off, then our tag off
     release_scale_in: tuple[str, ...] = ()
+    unmark_scale_in: tuple[str, ...] = ()
     annotate_nodes: tuple[str, ...] = ()
     unannotate_nodes: tuple[str, ...] = ()
 
@@ -114,29 +135,23 @@ class ProtectionPlan:
     @property
     def protected_instances(self) -> list[str]:
         """The group's instances that are (after this plan) protected because they are busy."""
-        return sorted({node.instance_id for node in self.busy if node.instance_id})
-
-    @property
-    def busy_in_group(self) -> int:
-        return len(self.protected_instances)
+        return instances_of(self.busy)
 
     @property
     def changes(self) -> bool:
         return any(
             (
+                self.mark_scale_in,
                 self.protect_scale_in,
-                self.enable_termination_protection,
-                self.disable_termination_protection,
+                self.mark_termination,
+                self.protect_termination,
+                self.release_termination,
                 self.release_scale_in,
+                self.unmark_scale_in,
                 self.annotate_nodes,
                 self.unannotate_nodes,
             )
         )
-
-    def next_expiry(self) -> datetime | None:
-        """When the earliest busy Lease lapses unless renewed: the latest moment to look again."""
-        times = [node.expires_at for node in self.busy if node.expires_at is not None]
-        return min(times) if times else None
 
 
 def busy_nodes(
@@ -158,51 +173,66 @@ def busy_nodes(
     return result
 
 
-def plan(
-    *,
-    owner: str,
+def instances_of(busy: Iterable[BusyNode]) -> list[str]:
+    """The busy nodes' instances that are in service in the group (sorted)."""
+    return sorted({node.instance_id for node in busy if node.instance_id})
+
+
+def next_expiry(busy: Iterable[BusyNode]) -> datetime | None:
+    """When the earliest busy Lease lapses unless renewed: the latest moment to look again."""
+    times = [node.expires_at for node in busy if node.expires_at is not None]
+    return min(times) if times else None
+
+
+def busy_records(
     busy: Mapping[str, busy_lease.LeaseView],
     nodes: Mapping[str, NodeRecord],
     instances: Iterable[GroupInstance],
-    termination_protected: Mapping[str, bool],
-) -> ProtectionPlan:
-    """Compare what should be protected with what is.
-
-    ``owner`` is ``namespace/name`` of the VideoPipeline. ``termination_protected`` holds the
-    EC2 flag for the instances it was read for (busy ones, ASG-protected ones, and every
-    instance on a full audit); an instance missing from it is taken to be unprotected.
-    """
-    group = {instance.instance_id: instance for instance in instances}
-    busy_records: list[BusyNode] = []
-    wanted: set[str] = set()
+) -> tuple[BusyNode, ...]:
+    """Every busy node, with its instance id when that instance is in service in the group."""
+    in_service = {instance.instance_id for instance in instances if instance.in_service}
+    records = []
     for node_name, view in sorted(busy.items()):
         record = nodes.get(node_name)
         instance_id = record.instance_id if record is not None else None
-        in_group = instance_id is not None and instance_id in group and group[instance_id].in_service
-        busy_records.append(
+        records.append(
             BusyNode(
                 node_name=node_name,
-                instance_id=instance_id if in_group else None,
+                instance_id=instance_id if instance_id in in_service else None,
                 expires_at=view.expires_at,
                 active_jobs=view.active_jobs,
             )
         )
-        if in_group and instance_id is not None:
-            wanted.add(instance_id)
+    return tuple(records)
+
+
+def plan(
+    *,
+    owner: str,
+    busy: tuple[BusyNode, ...],
+    nodes: Mapping[str, NodeRecord],
+    instances: Iterable[GroupInstance],
+    termination_protected: Mapping[str, bool],
+    markers: Mapping[str, Markers],
+) -> ProtectionPlan:
+    """Compare what should be protected with what is.
+
+    ``owner`` is ``namespace/name`` of the VideoPipeline; ``busy`` comes from ``busy_records``.
+    ``termination_protected`` holds the EC2 flag of the busy instances (one missing is taken to
+    be off); ``markers`` the framescale tags of the group's instances (one missing has none).
+    """
+    group = {instance.instance_id: instance for instance in instances if instance.in_service}
+    wanted = {node.instance_id for node in busy if node.instance_id is not None}
+    mark = {instance_id: markers.get(instance_id, Markers()) for instance_id in group}
 
     protect_scale_in = sorted(i for i in wanted if not group[i].protected_from_scale_in)
     enable_termination = sorted(i for i in wanted if not termination_protected.get(i, False))
-    release_scale_in = sorted(
-        i for i, inst in group.items() if inst.protected_from_scale_in and inst.in_service and i not in wanted
-    )
-    disable_termination = sorted(
-        i for i, on in termination_protected.items() if on and i in group and group[i].in_service and i not in wanted
-    )
-    # An instance released from scale-in is also released from termination protection, even if
-    # its EC2 flag was not read: the call is idempotent and the scale-in flag says we may have set it.
-    disable_termination = sorted(set(disable_termination) | set(release_scale_in))
+    # Release only what our tags say we set. The EC2 flag of an idle instance is not read: turning
+    # it off is idempotent, and its tag comes off right after, so this happens once.
+    ours_scale_in = sorted(i for i in group if i not in wanted and mark[i].scale_in == owner)
+    ours_termination = sorted(i for i in group if i not in wanted and mark[i].termination == owner)
 
-    protected_nodes = {record.node_name for record in busy_records if record.instance_id is not None}
+    protected_nodes = {node.node_name for node in busy if node.instance_id is not None}
     annotate = sorted(name for name in protected_nodes if not nodes[name].fully_annotated(owner))
     unannotate = sorted(
         record.name
@@ -210,11 +240,14 @@ def plan(
         if record.protected_by() == owner and record.name not in protected_nodes
     )
     return ProtectionPlan(
-        busy=tuple(busy_records),
+        busy=busy,
+        mark_scale_in=tuple(i for i in protect_scale_in if mark[i].scale_in != owner),
         protect_scale_in=tuple(protect_scale_in),
-        enable_termination_protection=tuple(enable_termination),
-        disable_termination_protection=tuple(disable_termination),
-        release_scale_in=tuple(release_scale_in),
+        mark_termination=tuple(i for i in enable_termination if mark[i].termination != owner),
+        protect_termination=tuple(enable_termination),
+        release_termination=tuple(ours_termination),
+        release_scale_in=tuple(i for i in ours_scale_in if group[i].protected_from_scale_in),
+        unmark_scale_in=tuple(ours_scale_in),
         annotate_nodes=tuple(annotate),
         unannotate_nodes=tuple(unannotate),
     )

@@ -78,7 +78,10 @@ class OperatorSettings(ComponentSettings):
         default=10.0,
         gt=0,
         le=600,
-        description="How long kopf waits before retrying after AWS throttling or a write conflict.",
+        description=(
+            "Seconds before the failed half of a pass (scaling or protection) is retried after AWS "
+            "throttling or a write conflict; doubles per failure in a row, up to 300."
+        ),
     )
 
     @field_validator("namespaces", mode="before")

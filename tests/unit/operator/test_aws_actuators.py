@@ -18,6 +18,7 @@ from framescale_operator.aws_actuators import (
     GroupNotFound,
     QueueNotFound,
 )
+from framescale_operator.protection import SCALE_IN_MARKER, TERMINATION_MARKER, Markers
 
 QUEUE = "https://sqs.us-east-1.amazonaws.com/123456789012/jobs"
 
@@ -119,3 +120,42 @@ def test_termination_protection_skips_instances_that_are_gone(actuator: AwsActua
         flags = actuator.termination_protection(["i-00000000000000001", "i-00000000000000002"])
         actuator.set_termination_protection("i-00000000000000002", False)
     assert flags == {"i-00000000000000001": True}
+
+
+def test_markers_are_read_with_one_filtered_describe_tags(actuator: AwsActuator) -> None:
+    ids = ["i-00000000000000001", "i-00000000000000002"]
+    with Stubber(actuator.ec2) as stub:
+        stub.add_response(
+            "describe_tags",
+            {
+                "Tags": [
+                    {"ResourceId": ids[0], "ResourceType": "instance", "Key": SCALE_IN_MARKER, "Value": "jobs/a"},
+                    {"ResourceId": ids[0], "ResourceType": "instance", "Key": TERMINATION_MARKER, "Value": "jobs/b"},
+                ]
+            },
+            {
+                "Filters": [
+                    {"Name": "resource-type", "Values": ["instance"]},
+                    {"Name": "resource-id", "Values": ids},
+                    {"Name": "key", "Values": [SCALE_IN_MARKER, TERMINATION_MARKER]},
+                ]
+            },
+        )
+        markers = actuator.protection_markers(reversed(ids))
+        stub.assert_no_pending_responses()
+    assert markers == {ids[0]: Markers(scale_in="jobs/a", termination="jobs/b")}
+
+
+def test_markers_are_set_and_cleared_with_the_owner_as_value(actuator: AwsActuator) -> None:
+    tag = {"Resources": ["i-00000000000000001"], "Tags": [{"Key": SCALE_IN_MARKER, "Value": "jobs/a"}]}
+    with Stubber(actuator.ec2) as stub:
+        stub.add_response("create_tags", {}, tag)
+        stub.add_response("delete_tags", {}, tag)  # with a value: only while it still names us
+        stub.add_client_error("create_tags", service_error_code="InvalidInstanceID.NotFound")
+        stub.add_client_error("delete_tags", service_error_code="RequestLimitExceeded")
+        actuator.set_marker("i-00000000000000001", SCALE_IN_MARKER, "jobs/a")
+        actuator.clear_marker("i-00000000000000001", SCALE_IN_MARKER, "jobs/a")
+        actuator.set_marker("i-00000000000000001", SCALE_IN_MARKER, "jobs/a")  # gone: nothing to mark
+        with pytest.raises(AwsRetryable):
+            actuator.clear_marker("i-00000000000000001", SCALE_IN_MARKER, "jobs/a")
+        stub.assert_no_pending_responses()

@@ -7,8 +7,8 @@ from prometheus_client import REGISTRY
 from framescale_operator import metrics
 from framescale_operator.aws_actuators import GroupState, QueueDepth
 from framescale_operator.policy import Decision, Reason
-from framescale_operator.protection import GroupInstance, ProtectionPlan
-from framescale_operator.reconcile import Outcome, PipelineRef
+from framescale_operator.protection import BusyNode, GroupInstance
+from framescale_operator.reconcile import Failure, Outcome, PipelineRef
 
 REF = PipelineRef(namespace="metrics-test", name="detector")
 LABELS = {"namespace": REF.namespace, "pipeline": REF.name}
@@ -26,7 +26,8 @@ def outcome(*, visible: int, in_flight: int, in_service: int, desired: int, scal
         depth=QueueDepth(visible, in_flight),
         group=GroupState(name="g", desired=scaled_from or desired, min_size=0, max_size=10, instances=instances),
         decision=Decision(desired=desired, reason=Reason.SCALE_OUT, message="m", wanted=desired),
-        plan=ProtectionPlan(busy=()),
+        busy=(),
+        instances_protected=True,
         scaled_from=scaled_from,
     )
 
@@ -54,3 +55,26 @@ def test_forget_drops_a_deleted_pipelines_series() -> None:
     metrics.forget(REF)
     assert value("framescale_approximate_backlog_size") is None
     assert value("framescale_desired_replicas") is None
+
+
+def test_each_failed_half_counts_once_by_reason() -> None:
+    def errors(reason: str) -> float:
+        return value("framescale_operator_reconcile_errors_total", reason=reason) or 0.0
+
+    before = errors("QueueNotFound"), errors("Retrying")
+    failed = Outcome(
+        status={},
+        status_patch={},
+        scaling_failure=Failure("QueueNotFound", "gone"),
+        protection_failure=Failure("Retrying", "throttled", retryable=True),
+    )
+    metrics.record(REF, failed, 0.01)
+    metrics.record(REF, Outcome(status={}, status_patch={}), 0.01)  # a clean pass counts nothing
+    assert (errors("QueueNotFound"), errors("Retrying")) == (before[0] + 1, before[1] + 1)
+
+
+def test_protected_instances_follow_the_busy_nodes_once_protected() -> None:
+    busy = (BusyNode("na", "i-0000000000000000a", None, 1), BusyNode("nz", None, None, 1))
+    metrics.record(REF, Outcome(status={}, status_patch={}, busy=busy, instances_protected=True), 0.01)
+    assert value("framescale_busy_nodes") == 2
+    assert value("framescale_protected_instances") == 1  # nz is outside the group

@@ -39,6 +39,7 @@ class Case:
     last: LastScale | None = None
     group_min: int = 0
     group_max: int | None = None
+    protection_in_place: bool = True
 
 
 OUT, IN = ScaleDirection.OUT, ScaleDirection.IN
@@ -222,6 +223,45 @@ CASES = [
     Case(
         "pinned at the current count", 0, 0, current=2, desired=2, reason=Reason.PINNED, spec=replace(SPEC, replicas=2)
     ),
+    # Protection not in place: never scale in, whatever the mode; scaling out is safe.
+    Case(
+        "no scale-in while protection failed",
+        0,
+        0,
+        current=3,
+        desired=3,
+        reason=Reason.PROTECTION_PENDING,
+        protection_in_place=False,
+    ),
+    Case(
+        "no pinned scale-in while protection failed",
+        0,
+        0,
+        current=3,
+        desired=3,
+        reason=Reason.PROTECTION_PENDING,
+        spec=replace(SPEC, replicas=1),
+        protection_in_place=False,
+    ),
+    Case(
+        "scale-out goes ahead while protection failed",
+        30,
+        0,
+        current=2,
+        desired=6,
+        reason=Reason.SCALE_OUT,
+        protection_in_place=False,
+    ),
+    Case(
+        "a cooldown hold stays a cooldown hold",
+        0,
+        0,
+        current=3,
+        desired=3,
+        reason=Reason.SCALE_IN_COOLDOWN,
+        last=ago(10, OUT),
+        protection_in_place=False,
+    ),
 ]
 
 
@@ -234,6 +274,7 @@ def test_decide(case: Case) -> None:
         busy_nodes=case.busy,
         group_min=case.group_min,
         group_max=case.group_max,
+        protection_in_place=case.protection_in_place,
     )
     decision = decide(observation, case.spec, case.last, NOW)
     assert (decision.desired, decision.reason) == (case.desired, case.reason), decision.message

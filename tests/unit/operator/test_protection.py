@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -10,9 +11,13 @@ from framescale import busy_lease, names
 from framescale_operator.protection import (
     PROTECTED_BY_ANNOTATION,
     GroupInstance,
+    Markers,
     NodeRecord,
+    ProtectionPlan,
     busy_nodes,
+    busy_records,
     instance_id_from_provider_id,
+    next_expiry,
     node_annotation_patch,
     plan,
 )
@@ -48,6 +53,28 @@ def inst(instance_id: str, protected: bool = False, state: str = "InService") ->
 
 A, B, C = "i-0000000000000000a", "i-0000000000000000b", "i-0000000000000000c"
 NODES = {"na": node("na", A), "nb": node("nb", B), "nc": node("nc", C)}
+OURS = Markers(scale_in=OWNER, termination=OWNER)
+
+
+def make_plan(
+    busy: list[str],
+    instances: list[GroupInstance],
+    *,
+    termination: dict[str, bool] | None = None,
+    markers: dict[str, Markers] | None = None,
+    nodes: dict[str, NodeRecord] | None = None,
+) -> ProtectionPlan:
+    """The plan for these busy nodes (names; each with a fresh busy Lease) over this group."""
+    nodes = NODES if nodes is None else nodes
+    views = busy_nodes([lease(name) for name in busy], NOW, pipeline="detector")
+    return plan(
+        owner=OWNER,
+        busy=busy_records(views, nodes, instances),
+        nodes=nodes,
+        instances=instances,
+        termination_protected=termination or {},
+        markers=markers or {},
+    )
 
 
 @pytest.mark.parametrize(
@@ -80,115 +107,185 @@ def test_busy_nodes_reads_only_unexpired_busy_leases_of_this_pipeline() -> None:
     assert sorted(busy) == ["na", "ne"]
 
 
-def test_a_busy_node_is_fully_protected() -> None:
-    result = plan(
-        owner=OWNER,
-        busy=busy_nodes([lease("na")], NOW, pipeline="detector"),
-        nodes=NODES,
-        instances=[inst(A), inst(B)],
-        termination_protected={},
+def test_expiry_is_renew_time_plus_duration_not_acquire_time() -> None:
+    """A Lease held for an hour and renewed just now is busy; one renewed too long ago is not."""
+    held_long = busy_lease.lease_body(
+        node_name="na",
+        namespace="jobs",
+        holder="w",
+        active_jobs=1,
+        duration_seconds=30,
+        now=NOW - timedelta(seconds=5),
+        acquired=NOW - timedelta(hours=1),
     )
+    lapsed = busy_lease.lease_body(
+        node_name="nb",
+        namespace="jobs",
+        holder="w",
+        active_jobs=1,
+        duration_seconds=30,
+        now=NOW - timedelta(seconds=31),
+        acquired=NOW - timedelta(seconds=40),
+    )
+    busy = busy_nodes([held_long, lapsed], NOW, pipeline="detector")
+    assert sorted(busy) == ["na"]
+    assert busy["na"].expires_at == NOW + timedelta(seconds=25)
+    assert next_expiry(busy_records(busy, NODES, [inst(A)])) == NOW + timedelta(seconds=25)
+
+
+def test_a_busy_node_is_fully_protected_and_marked_as_ours() -> None:
+    result = make_plan(["na"], [inst(A), inst(B)])
+    assert result.mark_scale_in == (A,)
     assert result.protect_scale_in == (A,)
-    assert result.enable_termination_protection == (A,)
+    assert result.mark_termination == (A,)
+    assert result.protect_termination == (A,)
     assert result.annotate_nodes == ("na",)
-    assert result.release_scale_in == ()
-    assert result.disable_termination_protection == ()
+    assert result.release_scale_in == result.unmark_scale_in == result.release_termination == ()
     assert result.unannotate_nodes == ()
     assert result.protected_instances == [A]
     assert result.busy_node_names == ["na"]
-    assert result.busy_in_group == 1
-    assert result.next_expiry() == NOW + timedelta(seconds=30)
 
 
 def test_nothing_to_do_when_the_world_already_matches() -> None:
-    nodes = {**NODES, "na": node("na", A, PROTECTED)}
-    result = plan(
-        owner=OWNER,
-        busy=busy_nodes([lease("na")], NOW, pipeline="detector"),
-        nodes=nodes,
-        instances=[inst(A, protected=True), inst(B)],
-        termination_protected={A: True},
+    result = make_plan(
+        ["na"],
+        [inst(A, protected=True), inst(B)],
+        termination={A: True},
+        markers={A: OURS},
+        nodes={**NODES, "na": node("na", A, PROTECTED)},
     )
     assert not result.changes
     assert result.protected_instances == [A]
 
 
 def test_an_idle_node_is_fully_released() -> None:
-    nodes = {**NODES, "na": node("na", A, PROTECTED)}
-    result = plan(
-        owner=OWNER,
-        busy={},
-        nodes=nodes,
-        instances=[inst(A, protected=True), inst(B)],
-        termination_protected={A: True},
+    result = make_plan(
+        [],
+        [inst(A, protected=True), inst(B)],
+        markers={A: OURS},
+        nodes={**NODES, "na": node("na", A, PROTECTED)},
     )
+    assert result.release_termination == (A,)  # not read: turning it off is idempotent
     assert result.release_scale_in == (A,)
-    assert result.disable_termination_protection == (A,)
+    assert result.unmark_scale_in == (A,)
     assert result.unannotate_nodes == ("na",)
     assert result.protected_instances == []
 
 
-def test_release_covers_the_termination_flag_even_unread() -> None:
-    """Scale-in protection marks an instance we may have protected: release both."""
-    result = plan(owner=OWNER, busy={}, nodes=NODES, instances=[inst(A, protected=True)], termination_protected={})
-    assert result.disable_termination_protection == (A,)
+@dataclass(frozen=True)
+class Owned:
+    name: str
+    busy: bool
+    scale_in: bool  # the group's flag
+    termination: bool  # the EC2 flag
+    markers: Markers
+    expected: dict[str, tuple[str, ...]]
 
 
-def test_a_termination_flag_left_by_a_crash_is_healed() -> None:
-    """Crash between the two release calls: EC2 flag on, scale-in flag already off."""
-    result = plan(owner=OWNER, busy={}, nodes=NODES, instances=[inst(A)], termination_protected={A: True})
-    assert result.disable_termination_protection == (A,)
-    assert result.release_scale_in == ()
+THEIRS = Markers(scale_in="jobs/other", termination="jobs/other")
+OWNED = [
+    Owned("idle, protected by a person: left alone", False, True, True, Markers(), {}),
+    Owned("idle, protected by another pipeline: left alone", False, True, True, THEIRS, {}),
+    Owned(
+        "idle, scale-in ours, termination a person's",
+        False,
+        True,
+        True,
+        Markers(scale_in=OWNER),
+        {"release_scale_in": (A,), "unmark_scale_in": (A,)},
+    ),
+    Owned(
+        "idle, termination ours, scale-in a person's",
+        False,
+        True,
+        True,
+        Markers(termination=OWNER),
+        {"release_termination": (A,)},
+    ),
+    Owned("busy and already protected by someone else: nothing to add", True, True, True, Markers(), {}),
+    Owned(
+        "busy, only scale-in someone else's: add and mark termination",
+        True,
+        True,
+        False,
+        Markers(),
+        {"mark_termination": (A,), "protect_termination": (A,)},
+    ),
+    Owned(
+        "busy, another pipeline's tag but the flag off: ours now",
+        True,
+        False,
+        False,
+        THEIRS,
+        {"mark_scale_in": (A,), "protect_scale_in": (A,), "mark_termination": (A,), "protect_termination": (A,)},
+    ),
+    Owned(
+        "crash after tagging, before the flags: set them, tags are there",
+        True,
+        False,
+        False,
+        OURS,
+        {"protect_scale_in": (A,), "protect_termination": (A,)},
+    ),
+    Owned(
+        "crash after clearing the flags, before the tags: only untag",
+        False,
+        False,
+        False,
+        OURS,
+        {"release_termination": (A,), "unmark_scale_in": (A,)},
+    ),
+]
+INSTANCE_FIELDS = (
+    "mark_scale_in",
+    "protect_scale_in",
+    "mark_termination",
+    "protect_termination",
+    "release_termination",
+    "release_scale_in",
+    "unmark_scale_in",
+)
 
 
-def test_half_protected_busy_instance_gets_the_missing_half() -> None:
-    result = plan(
-        owner=OWNER,
-        busy=busy_nodes([lease("na")], NOW, pipeline="detector"),
-        nodes={**NODES, "na": node("na", A, PROTECTED)},
-        instances=[inst(A, protected=True)],
-        termination_protected={A: False},
+@pytest.mark.parametrize("case", OWNED, ids=[case.name for case in OWNED])
+def test_only_what_this_pipeline_set_is_released(case: Owned) -> None:
+    annotated = {**NODES, "na": node("na", A, PROTECTED)}  # the Node side is not under test here
+    result = make_plan(
+        ["na"] if case.busy else [],
+        [inst(A, protected=case.scale_in)],
+        termination={A: case.termination},
+        markers={A: case.markers},
+        nodes=annotated if case.busy else NODES,
     )
-    assert result.protect_scale_in == ()
-    assert result.enable_termination_protection == (A,)
-    assert result.annotate_nodes == ()
+    assert {name: getattr(result, name) for name in INSTANCE_FIELDS} == {
+        name: case.expected.get(name, ()) for name in INSTANCE_FIELDS
+    }
+    assert result.protected_instances == ([A] if case.busy else [])
 
 
 def test_other_peoples_annotations_are_left_alone() -> None:
     """A node someone else marked do-not-disrupt (no marker of ours) is not ours to clear."""
     theirs = {names.KARPENTER_DO_NOT_DISRUPT: "true"}
     other_pipeline = {**PROTECTED, PROTECTED_BY_ANNOTATION: "jobs/other"}
-    result = plan(
-        owner=OWNER,
-        busy={},
-        nodes={"na": node("na", A, theirs), "nb": node("nb", B, other_pipeline)},
-        instances=[inst(A), inst(B)],
-        termination_protected={},
-    )
+    result = make_plan([], [inst(A), inst(B)], nodes={"na": node("na", A, theirs), "nb": node("nb", B, other_pipeline)})
     assert result.unannotate_nodes == ()
 
 
 def test_busy_nodes_outside_the_group_are_not_protected_or_counted() -> None:
-    result = plan(
-        owner=OWNER,
-        busy=busy_nodes([lease("na"), lease("nz")], NOW, pipeline="detector"),
-        nodes={"na": node("na", A), "nz": NodeRecord(name="nz", provider_id=None)},
-        instances=[inst(B)],
-        termination_protected={},
+    result = make_plan(
+        ["na", "nz"], [inst(B)], nodes={"na": node("na", A), "nz": NodeRecord(name="nz", provider_id=None)}
     )
     assert not result.changes
     assert result.busy_node_names == ["na", "nz"]
     assert result.protected_instances == []
-    assert result.busy_in_group == 0
 
 
 def test_instances_on_their_way_out_are_left_alone() -> None:
-    result = plan(
-        owner=OWNER,
-        busy=busy_nodes([lease("na")], NOW, pipeline="detector"),
-        nodes=NODES,
-        instances=[inst(A, state="Terminating"), inst(B, protected=True, state="Terminating:Wait")],
-        termination_protected={B: True},
+    result = make_plan(
+        ["na"],
+        [inst(A, state="Terminating"), inst(B, protected=True, state="Terminating:Wait")],
+        termination={B: True},
+        markers={B: OURS},
     )
     assert not result.changes
 

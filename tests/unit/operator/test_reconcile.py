@@ -20,7 +20,14 @@ from framescale_operator.aws_actuators import (
     QueueNotFound,
 )
 from framescale_operator.kube import KubeError, KubeRetryable
-from framescale_operator.protection import PROTECTED_BY_ANNOTATION, GroupInstance, NodeRecord
+from framescale_operator.protection import (
+    PROTECTED_BY_ANNOTATION,
+    SCALE_IN_MARKER,
+    TERMINATION_MARKER,
+    GroupInstance,
+    Markers,
+    NodeRecord,
+)
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 REF = reconcile.PipelineRef(namespace="jobs", name="detector")
@@ -36,6 +43,7 @@ class FakeAws:
     max_size: int = 10
     instances: dict[str, bool] = field(default_factory=dict)  # id -> protected from scale-in
     termination: dict[str, bool] = field(default_factory=dict)
+    tags: dict[str, dict[str, str]] = field(default_factory=dict)  # id -> EC2 tags
     calls: list[tuple[Any, ...]] = field(default_factory=list)
     fail: dict[str, Exception] = field(default_factory=dict)
     queue_exists: bool = True
@@ -75,12 +83,35 @@ class FakeAws:
             self.instances[instance_id] = protected
 
     def termination_protection(self, instance_ids: Iterable[str]) -> dict[str, bool]:
+        self._maybe_fail("termination_protection")
         return {i: self.termination.get(i, False) for i in instance_ids if i in self.instances}
 
     def set_termination_protection(self, instance_id: str, enabled: bool) -> None:
         self._maybe_fail("set_termination_protection")
         self.calls.append(("set_termination_protection", instance_id, enabled))
         self.termination[instance_id] = enabled
+
+    def protection_markers(self, instance_ids: Iterable[str]) -> dict[str, Markers]:
+        self._maybe_fail("protection_markers")
+        return {
+            i: Markers(scale_in=self.tags[i].get(SCALE_IN_MARKER), termination=self.tags[i].get(TERMINATION_MARKER))
+            for i in instance_ids
+            if self.tags.get(i)
+        }
+
+    def set_marker(self, instance_id: str, key: str, owner: str) -> None:
+        self.calls.append(("set_marker", instance_id, key))
+        self.tags.setdefault(instance_id, {})[key] = owner
+
+    def clear_marker(self, instance_id: str, key: str, owner: str) -> None:
+        self.calls.append(("clear_marker", instance_id, key))
+        if self.tags.get(instance_id, {}).get(key) == owner:  # as DeleteTags with a value
+            del self.tags[instance_id][key]
+
+    def protected_by_someone_else(self, instance_id: str) -> None:
+        """Both flags on, set by a person (no framescale tags)."""
+        self.instances[instance_id] = True
+        self.termination[instance_id] = True
 
 
 @dataclass
@@ -126,6 +157,7 @@ class World:
         self.kube.nodes[node_name] = NodeRecord(name=node_name, provider_id=f"aws:///us-east-1a/{instance_id}")
 
     def busy(self, node_name: str, jobs: int = 1, renewed: datetime = NOW) -> None:
+        """A worker's Lease, acquired long before its last renewal (expiry counts from the renewal)."""
         self.leases = [
             lease for lease in self.leases if lease["metadata"]["annotations"][names.LEASE_NODE_ANNOTATION] != node_name
         ]
@@ -137,10 +169,11 @@ class World:
                 active_jobs=jobs,
                 duration_seconds=30,
                 now=renewed,
+                acquired=renewed - timedelta(hours=1),
             )
         )
 
-    def run(self, now: datetime = NOW, audit: bool = False) -> reconcile.Outcome:
+    def run(self, now: datetime = NOW, scale: bool = True) -> reconcile.Outcome:
         snapshot = reconcile.Snapshot(
             spec=self.spec,
             status=self.status,
@@ -148,9 +181,8 @@ class World:
             leases=list(self.leases),
             nodes=dict(self.kube.nodes),
             now=now,
-            audit=audit,
         )
-        outcome = reconcile.reconcile(REF, snapshot, aws=self.aws, nodes_api=self.kube)
+        outcome = reconcile.reconcile(REF, snapshot, aws=self.aws, nodes_api=self.kube, scale=scale)
         # What kopf does with the patch: merge it into status (None deletes).
         for key, value in outcome.status_patch.items():
             if value is None:
@@ -164,7 +196,7 @@ def condition(status: dict[str, Any], type: str) -> dict[str, Any]:
     return next(c for c in status["conditions"] if c["type"] == type)
 
 
-A, B = "i-0000000000000000a", "i-0000000000000000b"
+A, B, C = "i-0000000000000000a", "i-0000000000000000b", "i-0000000000000000c"
 
 
 def test_first_pass_writes_the_whole_status_and_changes_nothing_else() -> None:
@@ -237,24 +269,30 @@ def test_pinned_mode_shows_in_status() -> None:
     assert condition(world.status, "Scaling")["reason"] == "Pinned"
 
 
-def test_busy_node_is_protected_before_the_scale_in_and_floors_it() -> None:
+def test_busy_node_is_marked_and_protected_before_the_scale_in_and_floors_it() -> None:
     world = World()
     world.add_instance(A, "na")
     world.add_instance(B, "nb")
     world.aws.desired = 2
     world.busy("na")
     outcome = world.run()
-    order = [call[0] for call in world.aws.calls]
-    assert order == ["set_scale_in_protection", "set_termination_protection", "set_desired_capacity"]
+    assert world.aws.calls == [
+        ("set_marker", A, SCALE_IN_MARKER),  # the tag before its flag: a crash leaves no untracked flag
+        ("set_scale_in_protection", (A,), True),
+        ("set_marker", A, TERMINATION_MARKER),
+        ("set_termination_protection", A, True),
+        ("set_desired_capacity", 1),
+    ]
     assert world.aws.desired == 1  # not 0: one node is busy
-    assert world.aws.instances[A] is True and world.aws.termination[A] is True
+    assert world.aws.tags[A] == {SCALE_IN_MARKER: REF.owner, TERMINATION_MARKER: REF.owner}
     assert world.kube.nodes["na"].fully_annotated(REF.owner)
     assert world.status["busyNodes"] == ["na"]
     assert world.status["protectedInstances"] == [A]
+    assert condition(world.status, "Protected")["status"] == "True"
     assert {e.reason for e in outcome.events} == {"Protected", "Scaled"}
 
 
-def test_release_order_turns_termination_off_first() -> None:
+def test_release_clears_each_flag_before_its_tag_and_scale_in_last() -> None:
     world = World()
     world.add_instance(A, "na")
     world.aws.desired = 1
@@ -266,8 +304,11 @@ def test_release_order_turns_termination_off_first() -> None:
     protection_calls = [call for call in world.aws.calls if call[0] != "set_desired_capacity"]
     assert protection_calls == [
         ("set_termination_protection", A, False),
+        ("clear_marker", A, TERMINATION_MARKER),
         ("set_scale_in_protection", (A,), False),
+        ("clear_marker", A, SCALE_IN_MARKER),
     ]
+    assert world.aws.tags[A] == {}
     assert PROTECTED_BY_ANNOTATION not in world.kube.nodes["na"].annotations
     assert world.status["protectedInstances"] == []
 
@@ -285,15 +326,36 @@ def test_an_expired_lease_releases_without_any_lease_write() -> None:
     assert world.status["busyNodes"] == []
 
 
-def test_audit_heals_a_termination_flag_left_by_a_crash() -> None:
-    world = World()
-    world.add_instance(A, "na")
-    world.aws.desired = 1
-    world.aws.termination[A] = True  # set by an operator that crashed before the scale-in flag
+def test_protection_set_by_someone_else_is_left_in_place() -> None:
+    """A person's flags (no tags of ours) survive our releases, on idle and on once-busy instances,
+    and another VideoPipeline on the same group does not release what this one set."""
+    world = World(spec={**spec(), "replicas": 3})
+    for instance_id, node_name in ((A, "na"), (B, "nb"), (C, "nc")):
+        world.add_instance(instance_id, node_name)
+    world.aws.desired = 3
+    world.aws.protected_by_someone_else(B)  # never busy
+    world.aws.protected_by_someone_else(C)  # becomes busy, then idle
+    world.busy("na")
+    world.busy("nc")
     world.run()
-    assert world.aws.termination[A] is True  # not seen without a full audit
-    world.run(audit=True)
-    assert world.aws.termination[A] is False
+    assert world.aws.tags[A] == {SCALE_IN_MARKER: REF.owner, TERMINATION_MARKER: REF.owner}
+    assert C not in world.aws.tags  # already protected: nothing of ours to add
+    assert world.status["protectedInstances"] == [A, C]
+
+    other = reconcile.PipelineRef(namespace="jobs", name="other")  # same group, no busy Leases of its own
+    snapshot = reconcile.Snapshot(
+        spec=world.spec, status={}, generation=1, leases=[], nodes=dict(world.kube.nodes), now=NOW
+    )
+    reconcile.reconcile(other, snapshot, aws=world.aws, nodes_api=world.kube)
+    assert world.aws.instances[A] and world.aws.termination[A]  # not the other pipeline's to release
+
+    world.busy("na", jobs=0)
+    world.busy("nc", jobs=0)
+    world.run(now=NOW + timedelta(seconds=1))
+    assert (world.aws.instances[A], world.aws.termination[A]) == (False, False)
+    for theirs in (B, C):
+        assert (world.aws.instances[theirs], world.aws.termination[theirs]) == (True, True)
+    assert {call[1] for call in world.aws.calls if call[0] == "set_termination_protection"} == {A}
 
 
 def test_invalid_spec_is_a_condition_and_an_event_once() -> None:
@@ -348,11 +410,15 @@ def test_throttling_is_retryable_and_the_status_says_so() -> None:
     world.aws.visible = 10
     world.aws.fail["set_desired_capacity"] = AwsRetryable("SetDesiredCapacity", "ScalingActivityInProgress", "busy")
     outcome = world.run()
-    assert isinstance(outcome.retry, AwsRetryable)
-    assert condition(world.status, "Ready")["reason"] == "Retrying"
+    assert outcome.scaling_failure is not None and outcome.scaling_failure.retryable
+    assert outcome.protection_failure is None
+    ready = condition(world.status, "Ready")
+    assert ready["reason"] == "Retrying"
+    assert ready["message"].endswith(reconcile.RETRYING)  # says what happens next
+    assert condition(world.status, "Scaling")["status"] == "False"
     assert "lastScaleTime" not in world.status  # nothing was scaled
     del world.aws.fail["set_desired_capacity"]
-    assert world.run().retry is None
+    assert world.run().failures == []
     assert world.aws.desired == 2
 
 
@@ -364,20 +430,24 @@ def test_node_patch_failures_are_reported_but_never_block_the_aws_side() -> None
     world.busy("na")
     world.kube.fail = KubeRetryable("PatchNode", 409, "Conflict")
     outcome = world.run()
-    assert isinstance(outcome.retry, KubeRetryable)
+    assert outcome.protection_failure is not None and outcome.protection_failure.retryable
     assert world.aws.instances[A] and world.aws.termination[A]  # protected anyway
-    assert world.aws.desired == 1  # and scaled anyway
+    assert world.aws.desired == 1  # and scaled anyway: the instance is safe from scale-in
     ready = condition(world.status, "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "NodeAnnotationFailed")
+    assert condition(world.status, "Protected")["reason"] == "NodeAnnotationFailed"
     assert [e.reason for e in outcome.events].count("NodeAnnotationFailed") == 1
 
-    world.kube.fail = KubeError("PatchNode", 403, "Forbidden")
     again = world.run(now=NOW + timedelta(seconds=1))
-    assert again.retry is None  # not worth a fast retry; the next poll tries again
-    assert "NodeAnnotationFailed" not in [e.reason for e in again.events]  # no new Event
+    assert "NodeAnnotationFailed" not in [e.reason for e in again.events]  # the same failure: no new Event
+
+    world.kube.fail = KubeError("PatchNode", 403, "Forbidden")
+    forbidden = world.run(now=NOW + timedelta(seconds=2))
+    assert forbidden.protection_failure is not None
+    assert not forbidden.protection_failure.retryable  # not worth a fast retry; the next pass tries again
 
     world.kube.fail = None
-    world.run(now=NOW + timedelta(seconds=2))
+    world.run(now=NOW + timedelta(seconds=3))
     assert condition(world.status, "Ready")["status"] == "True"
     assert world.kube.nodes["na"].fully_annotated(REF.owner)
 
@@ -388,8 +458,10 @@ def test_other_aws_errors_are_reported_not_retried_in_a_loop() -> None:
     world.run()
     world.aws.fail["describe_group"] = AwsFailure("DescribeAutoScalingGroups", "AccessDenied", "no")
     outcome = world.run(now=NOW + timedelta(seconds=1))
-    assert outcome.retry is None
+    assert [f.retryable for f in outcome.failures] == [False, False]  # both halves need the group
     assert condition(world.status, "Ready")["reason"] == "AwsError"
+    assert condition(world.status, "Ready")["message"].endswith(reconcile.NEXT_PASS)
+    assert [e.reason for e in outcome.events] == ["AwsError"]  # one Warning, not one per half
     assert world.status["backlog"] == 3  # the last observation stays, marked stale by Ready=False
     assert world.status["desiredReplicas"] == 1
 
@@ -428,3 +500,124 @@ def test_release_fails_while_a_node_cannot_be_cleared() -> None:
     with pytest.raises(KubeRetryable):
         reconcile.release(REF, world.spec, world.kube.nodes, aws=world.aws, nodes_api=world.kube)
     assert world.aws.instances[A] is False  # the AWS side is released all the same
+
+
+QUEUE_FAILURES = [
+    pytest.param(None, "QueueNotFound", False, id="queue-missing"),
+    pytest.param(AwsRetryable("GetQueueAttributes", "RequestThrottled", "slow down"), "Retrying", True, id="throttled"),
+    pytest.param(AwsFailure("GetQueueAttributes", "AccessDenied", "no"), "AwsError", False, id="denied"),
+]
+
+
+@pytest.mark.parametrize(("error", "reason", "retryable"), QUEUE_FAILURES)
+def test_protection_goes_on_while_the_queue_cannot_be_read(
+    error: Exception | None, reason: str, retryable: bool
+) -> None:
+    world = World()
+    world.add_instance(A, "na")
+    world.aws.desired = 1
+    if error is None:
+        world.aws.queue_exists = False
+    else:
+        world.aws.fail["queue_depth"] = error
+    world.busy("na")
+    outcome = world.run()
+    assert outcome.scaling_failure is not None
+    assert (outcome.scaling_failure.reason, outcome.scaling_failure.retryable) == (reason, retryable)
+    assert world.aws.instances[A] and world.aws.termination[A]  # a new busy node is protected
+    assert condition(world.status, "Protected")["status"] == "True"
+    assert condition(world.status, "Ready")["reason"] == reason
+
+    world.run(now=NOW + timedelta(seconds=31), scale=False)  # the Lease lapsed
+    assert (world.aws.instances[A], world.aws.termination[A]) == (False, False)
+    assert world.status["busyNodes"] == []
+
+
+def test_protection_goes_on_while_the_spec_is_invalid() -> None:
+    world = World(spec=spec(minReplicas=5, maxReplicas=2))
+    world.add_instance(A, "na")
+    world.busy("na")
+    world.run()
+    assert condition(world.status, "Ready")["reason"] == "InvalidSpec"
+    assert condition(world.status, "Protected")["status"] == "True"
+    assert world.aws.instances[A] and world.aws.termination[A]
+    world.run(now=NOW + timedelta(seconds=31))
+    assert (world.aws.instances[A], world.aws.termination[A]) == (False, False)
+
+
+def test_a_protection_pass_leaves_the_queue_and_the_scaling_condition_alone() -> None:
+    world = World()
+    world.aws.visible = 4
+    world.run()
+    scaling = condition(world.status, "Scaling")
+    world.aws.fail["queue_depth"] = AwsFailure("GetQueueAttributes", "AccessDenied", "would fail if read")
+    world.aws.visible = 40
+    outcome = world.run(now=NOW + timedelta(seconds=1), scale=False)
+    assert outcome.failures == []
+    assert world.status["backlog"] == 4
+    assert condition(world.status, "Scaling") == scaling
+    assert world.aws.calls == [("set_desired_capacity", 1)]  # only the first pass's
+
+
+def test_no_scale_in_while_instance_protection_fails() -> None:
+    world = World()
+    world.add_instance(A, "na")
+    world.add_instance(B, "nb")
+    world.aws.desired = 2
+    world.busy("na")
+    world.aws.fail["set_scale_in_protection"] = AwsRetryable("SetInstanceProtection", "Throttling", "slow down")
+    outcome = world.run()
+    assert outcome.protection_failure is not None and outcome.protection_failure.retryable
+    assert world.aws.desired == 2  # scaling in could pick the busy, unprotected instance
+    assert condition(world.status, "Scaling")["reason"] == "ProtectionPending"
+    assert condition(world.status, "Protected")["status"] == "False"
+    assert condition(world.status, "Ready")["reason"] == "Retrying"
+    del world.aws.fail["set_scale_in_protection"]
+    world.run(now=NOW + timedelta(seconds=1))
+    assert world.aws.instances[A]
+    assert world.aws.desired == 1
+
+
+def test_a_mode_change_posts_an_event_even_when_the_count_stays() -> None:
+    world = World()
+    world.aws.visible = 10
+    world.run()
+    assert world.aws.desired == 2
+    world.spec = {**spec(), "replicas": 2}
+    world.generation = 2
+    pinned = world.run(now=NOW + timedelta(seconds=1))
+    assert [(e.type, e.reason) for e in pinned.events] == [("Normal", "ModeChanged")]
+    assert "Autoscaling -> Manual" in pinned.events[0].message
+    assert world.status["mode"] == "Manual"
+
+    world.spec = spec()
+    world.generation = 3
+    back = world.run(now=NOW + timedelta(seconds=2))
+    assert [(e.reason, e.message.split(":")[0]) for e in back.events] == [("ModeChanged", "Manual -> Autoscaling")]
+    assert world.run(now=NOW + timedelta(seconds=3)).events == []
+
+
+def test_recovery_posts_one_event() -> None:
+    world = World()
+    world.run()
+    assert [e.reason for e in world.run(now=NOW + timedelta(seconds=1)).events] == []  # no recovery from nothing
+    world.aws.queue_exists = False
+    world.run(now=NOW + timedelta(seconds=2))
+    world.aws.queue_exists = True
+    recovered = world.run(now=NOW + timedelta(seconds=3))
+    assert [(e.type, e.reason) for e in recovered.events] == [("Normal", "Recovered")]
+    assert "QueueNotFound" in recovered.events[0].message
+    assert condition(world.status, "Ready")["status"] == "True"
+    assert world.run(now=NOW + timedelta(seconds=4)).events == []
+
+
+def test_without_a_group_name_nothing_is_touched() -> None:
+    world = World(spec={**spec(), "nodeGroup": {}})
+    world.add_instance(A, "na")
+    world.kube.nodes["na"] = NodeRecord(
+        name="na", provider_id=f"aws:///us-east-1a/{A}", annotations={PROTECTED_BY_ANNOTATION: REF.owner}
+    )
+    outcome = world.run()
+    assert outcome.protection_failure is not None and outcome.protection_failure.reason == "InvalidSpec"
+    assert "autoScalingGroupName" in condition(world.status, "Protected")["message"]
+    assert world.kube.patches == []  # our annotation stays until we know the group again
