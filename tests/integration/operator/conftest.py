@@ -32,8 +32,14 @@ from framescale.local.processes import free_port, http_ok
 from tests.integration.operator.kube_emulator import EmulatorThread
 
 T = TypeVar("T")
-POLL = 1  # seconds: the pipelines' pollIntervalSeconds in these tests
-WAIT = 30.0  # generous upper bound for anything "within a poll interval" on a busy 2-core machine
+POLL = 1  # seconds: the pipelines' spec.autoscaling.pollIntervalSeconds, unless a test sets its own
+# The operator's own defaults, far from POLL and from anything a test waits for: a pipeline that
+# changes in time did so because of its spec, a Lease event or an expiry, not a fallback.
+DEFAULT_POLL = 60
+PROTECTION_RESYNC = 120
+WAIT = 30.0  # generous upper bound for anything that must happen at all, on a busy 2-core machine
+LEASE_SECONDS = 6  # a live worker's Lease; renewed every second, so 5 s of lag still keeps it
+ACQUIRED_AGO = timedelta(hours=1)  # acquireTime long before renewTime: expiry must count from renewTime
 
 VP_PATH = f"/apis/{names.GROUP}/{names.VERSION}"
 
@@ -160,6 +166,24 @@ class AwsWorld:
         response = self.ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="disableApiTermination")
         return bool(response["DisableApiTermination"]["Value"])
 
+    def fully_protected(self, group: str, instance_id: str) -> bool:
+        return self.scale_in_protected(group, instance_id) and self.termination_protected(instance_id)
+
+    def unprotected(self, group: str, instance_id: str) -> bool:
+        return not self.scale_in_protected(group, instance_id) and not self.termination_protected(instance_id)
+
+    def protect(self, group: str, instance_id: str) -> None:
+        """What a person does by hand: both flags on, no framescale tags."""
+        self.autoscaling.set_instance_protection(
+            AutoScalingGroupName=group, InstanceIds=[instance_id], ProtectedFromScaleIn=True
+        )
+        self.ec2.modify_instance_attribute(InstanceId=instance_id, DisableApiTermination={"Value": True})
+
+    def tags(self, instance_id: str) -> dict[str, str]:
+        """The instance's framescale tags."""
+        found = self.ec2.describe_tags(Filters=[{"Name": "resource-id", "Values": [instance_id]}])["Tags"]
+        return {tag["Key"]: tag["Value"] for tag in found if tag["Key"].startswith("framescale.io/")}
+
     def instance_state(self, instance_id: str) -> str:
         reservations = self.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
         return str(reservations[0]["Instances"][0]["State"]["Name"])
@@ -207,14 +231,19 @@ class Pipeline:
             "autoscaling": settings,
         }
 
-    def create(self, spec: dict[str, Any] | None = None, **autoscaling: Any) -> dict[str, Any]:
+    def create(
+        self, spec: dict[str, Any] | None = None, *, name: str | None = None, **autoscaling: Any
+    ) -> dict[str, Any]:
         body = {
             "apiVersion": f"{names.GROUP}/{names.VERSION}",
             "kind": names.KIND,
-            "metadata": {"name": self.name, "namespace": self.namespace},
+            "metadata": {"name": name or self.name, "namespace": self.namespace},
             "spec": spec if spec is not None else self.spec(**autoscaling),
         }
         return self.kube.create(self.kube.vp_path(self.namespace), body)
+
+    def pinned(self, replicas: int, **autoscaling: Any) -> dict[str, Any]:
+        return {**self.spec(**autoscaling), "replicas": replicas}
 
     def status(self) -> dict[str, Any]:
         return self.kube.status(self.namespace, self.name)
@@ -238,17 +267,20 @@ class Pipeline:
         return name
 
     def hold_lease(
-        self, node: str, *, active_jobs: int = 1, duration: int = 30, renewed: datetime | None = None
+        self, node: str, *, active_jobs: int = 1, duration: int = 300, renewed: datetime | None = None
     ) -> None:
-        """Write the node's busy Lease exactly as a worker does (create, then merge-patch)."""
+        """Write the node's busy Lease as a worker does (create, then merge-patch), acquired an hour
+        before its renewal."""
+        renewed = renewed or datetime.now(UTC)
         body = busy_lease.lease_body(
             node_name=node,
             namespace=self.namespace,
             holder=f"worker-{node}",
             active_jobs=active_jobs,
             duration_seconds=duration,
-            now=renewed or datetime.now(UTC),
+            now=renewed,
             pipeline=self.name,
+            acquired=renewed - ACQUIRED_AGO,
         )
         path = self.kube.lease_path(self.namespace, busy_lease.lease_name(node))
         if self.kube.maybe_get(path) is None:
@@ -258,8 +290,11 @@ class Pipeline:
                 path, {"metadata": {"annotations": body["metadata"]["annotations"]}, "spec": body["spec"]}
             )
 
+    def delete_lease(self, node: str) -> None:
+        self.kube.delete(self.kube.lease_path(self.namespace, busy_lease.lease_name(node)))
+
     @contextlib.contextmanager
-    def busy(self, node: str, *, duration: int = 3, every: float = 1.0) -> Iterator[None]:
+    def busy(self, node: str, *, duration: int = LEASE_SECONDS, every: float = 1.0) -> Iterator[None]:
         """A live worker: renew the node's busy Lease every second; on exit stop renewing, as a
         crashed worker would, so that the Lease lapses by itself (no further write)."""
         stop = threading.Event()
@@ -276,10 +311,6 @@ class Pipeline:
         finally:
             stop.set()
             thread.join(timeout=10)
-
-    def expire_lease(self, node: str) -> None:
-        """A worker that crashed: the Lease stays but its renewTime falls behind its duration."""
-        self.hold_lease(node, duration=1, renewed=datetime.now(UTC) - timedelta(seconds=5))
 
 
 @pytest.fixture(scope="module")
@@ -323,7 +354,8 @@ def _kubeconfig(path: Path, server: str) -> Path:
 def operator_process(
     kube_api: EmulatorThread, moto_server: MotoServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    """``python -m framescale_operator`` against the emulator and moto, with 1-second defaults."""
+    """``python -m framescale_operator`` against the emulator and moto, with slow defaults (the
+    pipelines set their own poll interval)."""
     workdir = tmp_path_factory.mktemp("operator")
     health_port, metrics_port = free_port(), free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith(("FRAMESCALE_", "AWS_", "KUBE"))}
@@ -331,8 +363,8 @@ def operator_process(
     env.update(
         {
             "KUBECONFIG": str(_kubeconfig(workdir / "kubeconfig", kube_api.url)),
-            "FRAMESCALE_OPERATOR_DEFAULT_POLL_INTERVAL_SECONDS": str(POLL),
-            "FRAMESCALE_OPERATOR_PROTECTION_RESYNC_SECONDS": "2",
+            "FRAMESCALE_OPERATOR_DEFAULT_POLL_INTERVAL_SECONDS": str(DEFAULT_POLL),
+            "FRAMESCALE_OPERATOR_PROTECTION_RESYNC_SECONDS": str(PROTECTION_RESYNC),
             "FRAMESCALE_OPERATOR_TEMPORARY_ERROR_DELAY_SECONDS": "1",
             "FRAMESCALE_OPERATOR_HEALTH_HOST": "127.0.0.1",
             "FRAMESCALE_OPERATOR_HEALTH_PORT": str(health_port),

@@ -7,19 +7,34 @@ from __future__ import annotations
 
 import time
 import urllib.request
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from framescale import names
 from framescale.busy_lease import parse_time
 from framescale_operator.protection import PROTECTED_BY_ANNOTATION
-from tests.integration.operator.conftest import POLL, KubeClient, OperatorProcess, Pipeline, wait_for
+from tests.integration.operator.conftest import (
+    LEASE_SECONDS,
+    POLL,
+    KubeClient,
+    OperatorProcess,
+    Pipeline,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.operator, pytest.mark.slow]
+SLACK = 2.5  # seconds beyond one poll interval: the 1 s timer tick and a pass on a loaded machine
 
 
 def _reasons(kube: KubeClient, namespace: str) -> list[str]:
     return [event.get("reason", "") for event in kube.events(namespace)]
+
+
+def _scaled(kube: KubeClient, namespace: str) -> list[str]:
+    """The messages of the Scaled Events: one per change of the desired capacity."""
+    return [event.get("message", "") for event in kube.events(namespace) if event.get("reason") == "Scaled"]
 
 
 def _annotations(kube: KubeClient, node: str) -> dict[str, str]:
@@ -54,80 +69,115 @@ def test_status_appears_when_a_pipeline_is_created(pipeline: Pipeline, kube: Kub
     assert status["observedGeneration"] == 1
     assert pipeline.condition("Ready")["status"] == "True"
     assert pipeline.condition("Scaling")["reason"] == "Steady"
+    assert pipeline.condition("Protected")["status"] == "True"
     # The finalizer went in through kopf's JSON patch with a resourceVersion test.
     assert "framescale.io/operator" in kube.vp(pipeline.namespace, pipeline.name)["metadata"]["finalizers"]
 
 
-def test_backlog_scales_out_within_a_poll_and_in_to_zero_after_the_cooldown(
-    pipeline: Pipeline, kube: KubeClient
-) -> None:
+def test_backlog_scales_out_within_one_poll_interval_of_the_spec(pipeline: Pipeline) -> None:
+    """The spec's pollIntervalSeconds (3 s) sets the pace, not the operator's default (60 s)."""
     world = pipeline.world
-    cooldown = 3
-    pipeline.create(targetBacklogPerReplica=2, scaleInCooldownSeconds=cooldown)
-    wait_for(lambda: pipeline.condition("Ready"), "the first status")
+    poll = 3
+    pipeline.create(targetBacklogPerReplica=2, scaleInCooldownSeconds=0, pollIntervalSeconds=poll)
+    wait_for(lambda: pipeline.condition("Ready"), "the first status")  # kopf's start-up is not timed
 
     world.send(pipeline.queue_url, 5)
+    sent = time.monotonic()
     wait_for(lambda: world.desired(pipeline.group) == 3, "desired capacity ceil(5 / 2) = 3")
+    took = time.monotonic() - sent
+    # One poll, plus the 1 s timer tick and a pass on a loaded machine; far below the default.
+    assert took <= poll + SLACK, f"scaled out {took:.1f}s after the messages arrived; pollIntervalSeconds is {poll}"
     status = wait_for(lambda: (s := pipeline.status()).get("replicas") == 3 and s, "3 instances in service")
     assert status["backlog"] == 5
-    assert status["desiredReplicas"] == 3
     assert status["lastScaleDirection"] == "Out"
-    scaled_out_at = parse_time(status["lastScaleTime"])
-    assert "Scaled" in _reasons(kube, pipeline.namespace)
 
-    # Workers take every message: nothing is visible, all are in flight, and the nodes stay.
-    received = []
+    # Workers take every message: nothing is visible, all are in flight, and the nodes stay
+    # although scale-in has no cooldown (the pass that saw them in flight also decided).
+    received: list[dict[str, Any]] = []
     while len(received) < 5:
         batch = world.sqs.receive_message(QueueUrl=pipeline.queue_url, MaxNumberOfMessages=10, VisibilityTimeout=120)
         received.extend(batch.get("Messages", []))
     status = wait_for(lambda: (s := pipeline.status()).get("inFlight") == 5 and s, "5 messages in flight")
     assert status["backlog"] == 5
+    assert status["desiredReplicas"] == 3
     assert world.desired(pipeline.group) == 3
 
-    # The jobs finish: the queue is empty, and after the cooldown the group goes to zero.
-    for message in received:
-        world.sqs.delete_message(QueueUrl=pipeline.queue_url, ReceiptHandle=message["ReceiptHandle"])
-    wait_for(lambda: world.desired(pipeline.group) == 0, "desired capacity 0")
+
+def test_scale_in_waits_for_the_cooldown_then_goes_to_zero(pipeline: Pipeline, kube: KubeClient) -> None:
+    world = pipeline.world
+    cooldown = 6
+    pipeline.create(targetBacklogPerReplica=2, scaleInCooldownSeconds=cooldown)
+    wait_for(lambda: pipeline.condition("Ready"), "the first status")
+    world.send(pipeline.queue_url, 4)
+    status = wait_for(lambda: (s := pipeline.status()).get("desiredReplicas") == 2 and s, "scaled out to 2")
+    scaled_out_at = parse_time(status["lastScaleTime"])
+    assert scaled_out_at is not None
+    world.drain(pipeline.queue_url)  # every job done at once
+
+    # The group stays up for the cooldown, and says why.
+    reasons = set()
+    while datetime.now(UTC) < scaled_out_at + timedelta(seconds=cooldown - 2):
+        assert world.desired(pipeline.group) == 2, "scaled in before the cooldown was over"
+        if pipeline.status().get("backlog") == 0:
+            reasons.add(pipeline.condition("Scaling").get("reason"))
+        time.sleep(0.5)
+    assert reasons == {"ScaleInCooldown"}
+
+    # Then it falls, to zero (minReplicas 0), and every instance goes.
+    wait_for(lambda: world.desired(pipeline.group) == 0, "desired capacity 0 after the cooldown")
     wait_for(lambda: world.in_service(pipeline.group) == [], "every instance terminated")
     status = wait_for(lambda: (s := pipeline.status()).get("replicas") == 0 and s, "status.replicas 0")
-    assert status["backlog"] == 0
     assert status["lastScaleDirection"] == "In"
     scaled_in_at = parse_time(status["lastScaleTime"])
-    assert scaled_out_at is not None and scaled_in_at is not None
+    assert scaled_in_at is not None
     assert (scaled_in_at - scaled_out_at).total_seconds() >= cooldown
+    assert [m for m in _scaled(kube, pipeline.namespace) if "2 -> 0" in m]
 
 
-def test_activation_backlog_gates_the_scale_from_zero(pipeline: Pipeline) -> None:
+def test_activation_backlog_gates_the_scale_from_zero(pipeline: Pipeline, kube: KubeClient) -> None:
     world = pipeline.world
     pipeline.create(targetBacklogPerReplica=2, activationBacklog=3)
     wait_for(lambda: pipeline.condition("Ready"), "the first status")
 
     world.send(pipeline.queue_url, 2)
     wait_for(lambda: pipeline.status().get("backlog") == 2, "backlog 2 in status")
-    assert pipeline.condition("Scaling")["reason"] == "BelowActivation"
-    assert world.desired(pipeline.group) == 0
+    assert pipeline.condition("Scaling")["reason"] == "BelowActivation"  # stays so while the backlog does
+    assert world.desired(pipeline.group) == 0  # decided by the pass that saw the backlog
 
     world.send(pipeline.queue_url, 2)
-    wait_for(lambda: world.desired(pipeline.group) == 2, "one step from 0 to ceil(4 / 2) = 2")
-    assert pipeline.condition("Scaling")["reason"] == "ScaleFromZero"
+    wait_for(lambda: world.desired(pipeline.group) == 2, "from 0 to ceil(4 / 2) = 2")
+    wait_for(lambda: _scaled(kube, pipeline.namespace), "the Scaled Event")
+    time.sleep(2 * POLL + 0.5)  # later passes must not move it again
+    (scaled,) = _scaled(kube, pipeline.namespace)
+    assert scaled.startswith("desired capacity 0 -> 2:"), "one step from zero, straight to the size"
+    assert world.desired(pipeline.group) == 2
 
 
-def test_scale_subresource_pins_the_count_and_null_returns_to_autoscaling(pipeline: Pipeline, kube: KubeClient) -> None:
+def test_scale_subresource_pins_the_count_and_removing_it_returns_to_autoscaling(
+    pipeline: Pipeline, kube: KubeClient
+) -> None:
     world = pipeline.world
     pipeline.create(scaleInCooldownSeconds=1)
     wait_for(lambda: pipeline.condition("Ready"), "the first status")
+    scale = kube.vp_path(pipeline.namespace, pipeline.name, "scale")
 
-    # What `kubectl scale vp/detector --replicas=2` sends.
-    kube.merge_patch(kube.vp_path(pipeline.namespace, pipeline.name, "scale"), {"spec": {"replicas": 2}})
+    # What `kubectl scale vp/detector --replicas=0` sends: the count does not move, the mode does.
+    kube.merge_patch(scale, {"spec": {"replicas": 0}})
+    wait_for(lambda: pipeline.status().get("mode") == "Manual", "mode Manual")
+    wait_for(lambda: "ModeChanged" in _reasons(kube, pipeline.namespace), "a ModeChanged Event")
+    assert _scaled(kube, pipeline.namespace) == []
+
+    kube.merge_patch(scale, {"spec": {"replicas": 2}})
     wait_for(lambda: world.desired(pipeline.group) == 2, "desired capacity pinned to 2")
-    status = wait_for(lambda: (s := pipeline.status()).get("mode") == "Manual" and s, "mode Manual")
-    assert status["desiredReplicas"] == 2
     assert pipeline.condition("Scaling")["reason"] == "Pinned"
 
+    # What `kubectl patch vp/detector --type=merge -p '{"spec":{"replicas":null}}'` sends.
     kube.merge_patch(kube.vp_path(pipeline.namespace, pipeline.name), {"spec": {"replicas": None}})
+    assert "replicas" not in kube.vp(pipeline.namespace, pipeline.name)["spec"]
     wait_for(lambda: pipeline.status().get("mode") == "Autoscaling", "mode Autoscaling")
     wait_for(lambda: world.desired(pipeline.group) == 0, "the empty queue brings the group back to 0")
-    assert pipeline.status()["observedGeneration"] == 3
+    assert pipeline.status()["observedGeneration"] == 4
+    wait_for(lambda: _reasons(kube, pipeline.namespace).count("ModeChanged") == 2, "a second ModeChanged Event")
 
 
 def test_busy_node_is_protected_survives_scale_in_and_is_released_when_its_lease_lapses(
@@ -139,18 +189,22 @@ def test_busy_node_is_protected_survives_scale_in_and_is_released_when_its_lease
     wait_for(lambda: len(world.in_service(pipeline.group)) == 2, "2 instances in service")
     busy_id, idle_id = world.in_service(pipeline.group)
     busy_node, idle_node = pipeline.node_for(busy_id), pipeline.node_for(idle_id)
+    owner = f"{pipeline.namespace}/{pipeline.name}"
 
     with pipeline.busy(busy_node):
-        wait_for(lambda: world.scale_in_protected(pipeline.group, busy_id), "scale-in protection on")
-        wait_for(lambda: world.termination_protected(busy_id), "DisableApiTermination on")
+        wait_for(lambda: world.fully_protected(pipeline.group, busy_id), "scale-in and termination protection on")
         wait_for(lambda: _node_protected(kube, busy_node), "the busy Node annotated")
         status = wait_for(lambda: (s := pipeline.status()).get("protectedInstances") and s, "status shows it")
         assert status["busyNodes"] == [busy_node]
         assert status["protectedInstances"] == [busy_id]
-        assert _annotations(kube, busy_node)[PROTECTED_BY_ANNOTATION] == f"{pipeline.namespace}/{pipeline.name}"
-        assert not world.scale_in_protected(pipeline.group, idle_id)
-        assert not world.termination_protected(idle_id)
+        assert world.tags(busy_id) == {
+            "framescale.io/scale-in-protected-by": owner,
+            "framescale.io/termination-protected-by": owner,
+        }
+        assert _annotations(kube, busy_node)[PROTECTED_BY_ANNOTATION] == owner
+        assert world.unprotected(pipeline.group, idle_id)
         assert _node_clear(kube, idle_node)
+        assert pipeline.condition("Protected")["status"] == "True"
         assert "Protected" in _reasons(kube, pipeline.namespace)
 
         # The queue drains: the group scales in, but not below the busy node, and keeps it.
@@ -162,8 +216,8 @@ def test_busy_node_is_protected_survives_scale_in_and_is_released_when_its_lease
         assert pipeline.condition("Scaling")["reason"] == "BusyNodes"
 
     # The worker stops renewing (as if it crashed): the Lease lapses with no further write.
-    wait_for(lambda: not world.scale_in_protected(pipeline.group, busy_id), "scale-in protection off")
-    wait_for(lambda: not world.termination_protected(busy_id), "DisableApiTermination off")
+    wait_for(lambda: world.unprotected(pipeline.group, busy_id), "scale-in and termination protection off")
+    assert world.tags(busy_id) == {}
     wait_for(lambda: _node_clear(kube, busy_node), "the Node annotations removed")
     wait_for(lambda: pipeline.status().get("busyNodes") == [], "no busy nodes in status")
     assert pipeline.status()["protectedInstances"] == []
@@ -171,23 +225,100 @@ def test_busy_node_is_protected_survives_scale_in_and_is_released_when_its_lease
     wait_for(lambda: world.in_service(pipeline.group) == [], "min 0: the last instance goes too")
 
 
+def test_a_lapsed_or_deleted_lease_releases_without_waiting_for_a_poll(pipeline: Pipeline, kube: KubeClient) -> None:
+    """With a 60 s poll, only the Lease's own expiry (renewTime + leaseDurationSeconds) and its
+    deletion can wake the pipeline in time."""
+    world = pipeline.world
+    pipeline.create(spec=pipeline.pinned(2, pollIntervalSeconds=60))
+    wait_for(lambda: len(world.in_service(pipeline.group)) == 2, "2 instances in service")
+    lapsing_id, deleted_id = world.in_service(pipeline.group)
+    lapsing, deleted = pipeline.node_for(lapsing_id), pipeline.node_for(deleted_id)
+
+    pipeline.hold_lease(deleted, duration=300)
+    pipeline.hold_lease(lapsing, duration=LEASE_SECONDS - 1)  # never renewed
+    protected_at = time.monotonic()
+    wait_for(lambda: world.fully_protected(pipeline.group, lapsing_id), "the lapsing node protected")
+    wait_for(lambda: world.fully_protected(pipeline.group, deleted_id), "the other node protected")
+    assert time.monotonic() - protected_at < LEASE_SECONDS - 1, "protected too late to see it lapse"
+
+    wait_for(lambda: world.unprotected(pipeline.group, lapsing_id), "released once the Lease lapsed")
+    assert world.fully_protected(pipeline.group, deleted_id)
+    assert _node_protected(kube, deleted)
+    wait_for(lambda: _node_clear(kube, lapsing), "the lapsed node's annotations removed")
+
+    pipeline.delete_lease(deleted)  # a worker that cleaned up on its way out
+    wait_for(lambda: world.unprotected(pipeline.group, deleted_id), "released once the Lease was deleted")
+    wait_for(lambda: _node_clear(kube, deleted), "the node's annotations removed")
+    assert pipeline.status()["busyNodes"] == []
+
+
 def test_idle_lease_releases_protection_at_once(pipeline: Pipeline, kube: KubeClient) -> None:
     world = pipeline.world
-    pipeline.create(spec={**pipeline.spec(), "replicas": 1})
+    pipeline.create(spec=pipeline.pinned(1))
     wait_for(lambda: len(world.in_service(pipeline.group)) == 1, "1 instance in service")
     (instance_id,) = world.in_service(pipeline.group)
     node = pipeline.node_for(instance_id)
 
-    pipeline.hold_lease(node, active_jobs=2, duration=300)
-    wait_for(lambda: world.scale_in_protected(pipeline.group, instance_id), "scale-in protection on")
-    wait_for(lambda: world.termination_protected(instance_id), "DisableApiTermination on")
+    pipeline.hold_lease(node, active_jobs=2)
+    wait_for(lambda: world.fully_protected(pipeline.group, instance_id), "scale-in and termination protection on")
     wait_for(lambda: _node_protected(kube, node), "Node annotated")
 
-    pipeline.hold_lease(node, active_jobs=0, duration=300)  # the worker finished its last job
-    wait_for(lambda: not world.scale_in_protected(pipeline.group, instance_id), "scale-in protection off")
-    wait_for(lambda: not world.termination_protected(instance_id), "DisableApiTermination off")
+    pipeline.hold_lease(node, active_jobs=0)  # the worker finished its last job
+    wait_for(lambda: world.unprotected(pipeline.group, instance_id), "scale-in and termination protection off")
     wait_for(lambda: _node_clear(kube, node), "Node annotations removed")
     assert world.desired(pipeline.group) == 1  # pinned: the count does not move
+
+
+def test_protection_goes_on_while_the_queue_is_missing(pipeline: Pipeline, kube: KubeClient) -> None:
+    world = pipeline.world
+    pipeline.create(spec=pipeline.pinned(1))
+    wait_for(lambda: len(world.in_service(pipeline.group)) == 1, "1 instance in service")
+    (instance_id,) = world.in_service(pipeline.group)
+    node = pipeline.node_for(instance_id)
+    world.sqs.delete_queue(QueueUrl=pipeline.queue_url)
+    wait_for(lambda: pipeline.condition("Ready").get("reason") == "QueueNotFound", "Ready=False, QueueNotFound")
+
+    pipeline.hold_lease(node)
+    wait_for(lambda: world.fully_protected(pipeline.group, instance_id), "a new busy node protected")
+    wait_for(lambda: _node_protected(kube, node), "its Node annotated")
+    assert pipeline.condition("Protected")["status"] == "True"
+    assert pipeline.condition("Scaling")["reason"] == "QueueNotFound"
+
+    pipeline.hold_lease(node, active_jobs=0)
+    wait_for(lambda: world.unprotected(pipeline.group, instance_id), "released when idle")
+    assert pipeline.condition("Ready")["reason"] == "QueueNotFound"
+
+
+def test_protection_set_by_someone_else_is_left_in_place(pipeline: Pipeline, kube: KubeClient) -> None:
+    """A person protected one instance by hand, and a second VideoPipeline shares the group:
+    neither loses nor takes protection it did not set."""
+    world = pipeline.world
+    pipeline.create(spec=pipeline.pinned(2))
+    pipeline.create(spec=pipeline.pinned(2), name="other")  # same group; the Leases name "detector"
+    wait_for(lambda: len(world.in_service(pipeline.group)) == 2, "2 instances in service")
+    theirs, ours = world.in_service(pipeline.group)
+    world.protect(pipeline.group, theirs)
+    time.sleep(2 * POLL + 0.5)  # passes of both pipelines over the hand-protected instance
+    assert world.fully_protected(pipeline.group, theirs)
+
+    for instance_id in (theirs, ours):
+        pipeline.hold_lease(pipeline.node_for(instance_id))
+    wait_for(lambda: world.fully_protected(pipeline.group, ours), "the busy instance protected")
+    assert world.tags(theirs) == {}  # already protected: nothing of ours to add
+    status = wait_for(
+        lambda: (s := pipeline.status()).get("protectedInstances") == sorted([theirs, ours]) and s, "both counted"
+    )
+    assert status["busyNodes"] == sorted(pipeline.node_for(i) for i in (theirs, ours))
+    for _ in range(4):  # the other pipeline keeps passing over it, and leaves it alone
+        assert world.fully_protected(pipeline.group, ours)
+        time.sleep(POLL / 2)
+
+    for instance_id in (theirs, ours):
+        pipeline.hold_lease(pipeline.node_for(instance_id), active_jobs=0)
+    wait_for(lambda: world.unprotected(pipeline.group, ours), "ours released when idle")
+    assert world.tags(ours) == {}
+    # The same pass released every instance it considered idle and its own.
+    assert world.fully_protected(pipeline.group, theirs), "a person's protection was taken away"
 
 
 def test_invalid_spec_is_reported_in_a_condition_and_recovers(pipeline: Pipeline, kube: KubeClient) -> None:
@@ -204,24 +335,25 @@ def test_invalid_spec_is_reported_in_a_condition_and_recovers(pipeline: Pipeline
     kube.merge_patch(kube.vp_path(pipeline.namespace, pipeline.name), {"spec": {"autoscaling": {"maxReplicas": 4}}})
     wait_for(lambda: pipeline.condition("Ready").get("status") == "True", "Ready once the spec is fixed")
     wait_for(lambda: pipeline.world.desired(pipeline.group) == 3, "minReplicas 3 applied")
+    wait_for(lambda: "Recovered" in _reasons(kube, pipeline.namespace), "a Recovered Event")
 
 
 def test_deleting_a_pipeline_releases_its_protection(pipeline: Pipeline, kube: KubeClient) -> None:
     world = pipeline.world
-    pipeline.create(spec={**pipeline.spec(), "replicas": 1})
+    pipeline.create(spec=pipeline.pinned(1))
     wait_for(lambda: len(world.in_service(pipeline.group)) == 1, "1 instance in service")
     (instance_id,) = world.in_service(pipeline.group)
     node = pipeline.node_for(instance_id)
-    pipeline.hold_lease(node, duration=300)
-    wait_for(lambda: world.termination_protected(instance_id) and _node_protected(kube, node), "protected")
+    pipeline.hold_lease(node)
+    wait_for(lambda: world.fully_protected(pipeline.group, instance_id) and _node_protected(kube, node), "protected")
 
     kube.delete(kube.vp_path(pipeline.namespace, pipeline.name))
     wait_for(
         lambda: kube.maybe_get(kube.vp_path(pipeline.namespace, pipeline.name)) is None,
         "the finalizer released and the object gone",
     )
-    assert not world.scale_in_protected(pipeline.group, instance_id)
-    assert not world.termination_protected(instance_id)
+    assert world.unprotected(pipeline.group, instance_id)
+    assert world.tags(instance_id) == {}
     assert _node_clear(kube, node)
 
 
@@ -231,20 +363,21 @@ def test_a_steady_pipeline_writes_nothing(pipeline: Pipeline, kube: KubeClient) 
     pipeline.create(targetBacklogPerReplica=2)
     world.send(pipeline.queue_url, 3)
     wait_for(lambda: pipeline.status().get("replicas") == 2, "2 instances in service")
+    wait_for(lambda: pipeline.condition("Scaling").get("reason") == "Steady", "the pass after the scale-out")
     version = kube.vp(pipeline.namespace, pipeline.name)["metadata"]["resourceVersion"]
-    activities = world.autoscaling.describe_scaling_activities(AutoScalingGroupName=pipeline.group)["Activities"]
+    instances = world.in_service(pipeline.group)
     events = len(kube.events(pipeline.namespace))
 
-    time.sleep(4 * POLL)  # four more passes
+    time.sleep(3 * POLL + 0.5)  # three more passes
 
     assert kube.vp(pipeline.namespace, pipeline.name)["metadata"]["resourceVersion"] == version
-    again = world.autoscaling.describe_scaling_activities(AutoScalingGroupName=pipeline.group)["Activities"]
-    assert len(again) == len(activities)
+    assert world.in_service(pipeline.group) == instances
+    assert world.desired(pipeline.group) == 2
     assert len(kube.events(pipeline.namespace)) == events
 
 
 def test_metrics_and_liveness(pipeline: Pipeline, operator_process: OperatorProcess) -> None:
-    pipeline.create(spec={**pipeline.spec(), "replicas": 0})
+    pipeline.create(spec=pipeline.pinned(0))
     pipeline.world.send(pipeline.queue_url, 3)
     labels = f'namespace="{pipeline.namespace}",pipeline="{pipeline.name}"'
 
