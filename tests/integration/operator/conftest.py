@@ -19,16 +19,17 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
-from framescale import aws, busy_lease, names
+from framescale import busy_lease, names
 from framescale.local.moto_server import MotoServer
 from framescale.local.processes import free_port, http_ok
+from tests import support
 from tests.integration.operator.kube_emulator import EmulatorThread
 
 T = TypeVar("T")
@@ -126,7 +127,6 @@ class AwsWorld:
     autoscaling: Any
     ec2: Any
     subnet: str = ""
-    made: list[Callable[[], None]] = field(default_factory=list)
 
     def queue(self, name: str) -> str:
         return str(self.sqs.create_queue(QueueName=name)["QueueUrl"])
@@ -404,14 +404,12 @@ def operator_process(
 
 @pytest.fixture
 def world(aws_env: dict[str, str]) -> AwsWorld:
-    config = aws.client_config(max_attempts=3)
-    ec2 = aws.client("ec2", config=config)
-    subnet = ec2.describe_subnets()["Subnets"][0]["SubnetId"]
+    ec2 = support.client("ec2")  # made once per endpoint: a new client costs a model load
     return AwsWorld(
-        sqs=aws.client("sqs", config=config),
-        autoscaling=aws.client("autoscaling", config=config),
+        sqs=support.client("sqs"),
+        autoscaling=support.client("autoscaling"),
         ec2=ec2,
-        subnet=subnet,
+        subnet=ec2.describe_subnets()["Subnets"][0]["SubnetId"],
     )
 
 
