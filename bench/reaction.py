@@ -53,6 +53,9 @@ class _OperatorLoop:
     def run(self) -> None:
         from framescale_operator import reconcile, scheduling
         from framescale_operator.aws_actuators import AwsActuator
+        from framescale_operator.settings import OperatorSettings
+
+        defaults = OperatorSettings.model_fields  # the operator's own defaults, as kopf runs it
 
         actuator = AwsActuator()
         clock = scheduling.PipelineClock()
@@ -61,21 +64,35 @@ class _OperatorLoop:
         try:
             while not self.stop.is_set():
                 monotonic, now = time.monotonic(), datetime.now(UTC)
-                why = clock.due(
-                    monotonic=monotonic, now=now, poll_interval=self.poll_seconds, generation=1, lease_epoch=0
+                due = clock.due(
+                    monotonic=monotonic,
+                    now=now,
+                    poll_interval=self.poll_seconds,
+                    resync_interval=defaults["protection_resync_seconds"].default,
+                    generation=1,
+                    lease_epoch=0,
                 )
-                if why is not None:
+                if due is not None:
                     self.passes.append(time.perf_counter())
                     snapshot = reconcile.Snapshot(
                         spec=self.spec, status=status, generation=1, leases=[], nodes={}, now=now
                     )
-                    outcome = reconcile.reconcile(ref, snapshot, aws=actuator, nodes_api=_NoNodes())
+                    outcome = reconcile.reconcile(ref, snapshot, aws=actuator, nodes_api=_NoNodes(), scale=due.scale)
                     for key, value in outcome.status_patch.items():
                         if value is None:
                             status.pop(key, None)
                         else:
                             status[key] = value
-                    clock.ran(monotonic=monotonic, generation=1, lease_epoch=0, next_expiry=None, audited=True)
+                    clock.ran(
+                        due,
+                        monotonic=monotonic,
+                        generation=1,
+                        lease_epoch=0,
+                        next_expiry=outcome.next_expiry(),
+                        scaling_retry=bool(outcome.scaling_failure and outcome.scaling_failure.retryable),
+                        protection_retry=bool(outcome.protection_failure and outcome.protection_failure.retryable),
+                        base_delay=defaults["temporary_error_delay_seconds"].default,
+                    )
                 self.stop.wait(self.tick_seconds)
         finally:
             actuator.close()
