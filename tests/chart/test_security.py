@@ -358,13 +358,18 @@ def test_readme_worker_policy_allows_the_staged_commit_within_the_output_prefix(
 
 
 def test_readme_operator_policy_tags_only_its_marker() -> None:
+    from framescale_operator.protection import MARKER_TAGS
+
     operator = readme_policies()["Operator"]
     marker = operator["OwnershipMarkerOnItsInstances"]
     assert sorted(marker["Action"]) == ["ec2:CreateTags", "ec2:DeleteTags"]
     assert marker["Resource"].endswith(":instance/*")
     condition = marker["Condition"]
-    assert condition["ForAllValues:StringEquals"] == {"aws:TagKeys": ["framescale.io/protected-by"]}
+    # The keys the operator really writes (its own constants), and no other.
+    assert condition["ForAllValues:StringEquals"] == {"aws:TagKeys": list(MARKER_TAGS)}
     # ForAllValues holds for a request with no tag keys, and DeleteTags without keys deletes all.
     assert condition["Null"] == {"aws:TagKeys": "false"}
+    # The markers are read back to decide what to release.
+    assert "ec2:DescribeTags" in operator["SeeGroups"]["Action"]
     group = operator["TerminationProtectionOfItsInstances"]["Condition"]["StringEquals"]
     assert condition["StringEquals"] == group, "the same group's instances only"
