@@ -6,7 +6,8 @@ For each busy node in the pipeline's Auto Scaling group the operator wants, all 
 * Auto Scaling instance scale-in protection (what actually keeps the group from picking it),
 * EC2 ``DisableApiTermination``,
 * the Node annotations that Cluster Autoscaler and Karpenter honour, plus our own marker
-  annotation naming the pipeline, so that we only ever remove annotations we put there.
+  annotations naming the pipeline and which of those two we added, so that we only ever
+  remove annotations we put there (one a person set before stays when we release the node).
 
 The operator only ever undoes what it did itself. People, the group's
 ``NewInstancesProtectedFromScaleIn`` and other VideoPipelines on the same group set the same
@@ -31,6 +32,9 @@ from typing import Any
 from framescale import busy_lease, names
 
 PROTECTED_BY_ANNOTATION = "framescale.io/protected-by"
+# Which of NODE_PROTECTION_ANNOTATIONS the operator added (comma-separated; empty: none, they
+# were already there). Only those are removed on release.
+ADDED_ANNOTATIONS_ANNOTATION = "framescale.io/added-annotations"
 # EC2 instance tags: the pipeline (namespace/name) that turned the flag on.
 SCALE_IN_MARKER = "framescale.io/scale-in-protected-by"
 TERMINATION_MARKER = "framescale.io/termination-protected-by"
@@ -253,11 +257,28 @@ def plan(
     )
 
 
-def node_annotation_patch(owner: str, protect: bool) -> dict[str, Any]:
-    """The merge patch that sets or removes our Node annotations."""
+def node_annotation_patch(record: NodeRecord | None, owner: str, protect: bool) -> dict[str, Any]:
+    """The merge patch that sets or removes our Node annotations, given what the Node has now."""
+    current = record.annotations if record is not None else {}
     if protect:
-        values: dict[str, str | None] = dict.fromkeys(NODE_PROTECTION_ANNOTATIONS, "true")
-        values[PROTECTED_BY_ANNOTATION] = owner
+        added = set(_added_annotations(current) or ()) if current.get(PROTECTED_BY_ANNOTATION) == owner else set()
+        values: dict[str, str | None] = {PROTECTED_BY_ANNOTATION: owner}
+        for key in NODE_PROTECTION_ANNOTATIONS:
+            if current.get(key) != "true":
+                values[key] = "true"
+                added.add(key)
+        values[ADDED_ANNOTATIONS_ANNOTATION] = ",".join(sorted(added))
     else:
-        values = dict.fromkeys((*NODE_PROTECTION_ANNOTATIONS, PROTECTED_BY_ANNOTATION), None)
+        # A Node protected before the record existed: all of them were ours.
+        ours = _added_annotations(current)
+        keys = NODE_PROTECTION_ANNOTATIONS if ours is None else ours
+        values = dict.fromkeys((*keys, PROTECTED_BY_ANNOTATION, ADDED_ANNOTATIONS_ANNOTATION), None)
     return {"metadata": {"annotations": values}}
+
+
+def _added_annotations(annotations: Mapping[str, str]) -> tuple[str, ...] | None:
+    """The protection annotations we recorded as added by us; None when there is no record."""
+    recorded = annotations.get(ADDED_ANNOTATIONS_ANNOTATION)
+    if recorded is None:
+        return None
+    return tuple(key for key in recorded.split(",") if key in NODE_PROTECTION_ANNOTATIONS)

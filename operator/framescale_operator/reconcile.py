@@ -423,7 +423,7 @@ def _protect(
             markers=aws.protection_markers(in_service),
         )
         outcome.plan = plan
-        apply_plan(ref, plan, group.name, aws=aws, nodes_api=nodes_api, outcome=outcome)
+        apply_plan(ref, plan, group.name, snapshot.nodes, aws=aws, nodes_api=nodes_api, outcome=outcome)
     except AwsError as error:
         outcome.protection_failure = _aws_failure(error)
         return
@@ -444,6 +444,7 @@ def apply_plan(
     ref: PipelineRef,
     plan: protection.ProtectionPlan,
     group_name: str,
+    nodes: Mapping[str, protection.NodeRecord],
     *,
     aws: AwsApi,
     nodes_api: NodeApi,
@@ -485,7 +486,9 @@ def apply_plan(
     ):
         for node_name in node_names:
             try:
-                nodes_api.patch_node(node_name, protection.node_annotation_patch(ref.owner, protect=protect))
+                nodes_api.patch_node(
+                    node_name, protection.node_annotation_patch(nodes.get(node_name), ref.owner, protect=protect)
+                )
             except KubeError as error:  # reported in Protected; never blocks the AWS side
                 outcome.node_errors.append(error)
                 continue
@@ -517,7 +520,7 @@ def release(
         termination_protected={},
         markers=aws.protection_markers(instance.instance_id for instance in instances if instance.in_service),
     )
-    apply_plan(ref, plan, group_name, aws=aws, nodes_api=nodes_api, outcome=outcome)
+    apply_plan(ref, plan, group_name, nodes, aws=aws, nodes_api=nodes_api, outcome=outcome)
     if outcome.node_errors:  # the finalizer must not go while a Node still carries our annotations
         raise outcome.node_errors[0]
     return outcome.actions

@@ -298,6 +298,11 @@ def test_protection_set_by_someone_else_is_left_in_place(pipeline: Pipeline, kub
     wait_for(lambda: len(world.in_service(pipeline.group)) == 2, "2 instances in service")
     theirs, ours = world.in_service(pipeline.group)
     world.protect(pipeline.group, theirs)
+    # The same person keeps Karpenter off that node too.
+    their_node = pipeline.node_for(theirs)
+    kube.merge_patch(
+        f"/api/v1/nodes/{their_node}", {"metadata": {"annotations": {names.KARPENTER_DO_NOT_DISRUPT: "true"}}}
+    )
     time.sleep(2 * POLL + 0.5)  # passes of both pipelines over the hand-protected instance
     assert world.fully_protected(pipeline.group, theirs)
 
@@ -319,6 +324,14 @@ def test_protection_set_by_someone_else_is_left_in_place(pipeline: Pipeline, kub
     assert world.tags(ours) == {}
     # The same pass released every instance it considered idle and its own.
     assert world.fully_protected(pipeline.group, theirs), "a person's protection was taken away"
+    annotations = wait_for(
+        lambda: (
+            (a := kube.node(their_node)["metadata"].get("annotations", {})).get(PROTECTED_BY_ANNOTATION) is None and a
+        ),
+        "our annotations gone from their node",
+    )
+    assert annotations.get(names.KARPENTER_DO_NOT_DISRUPT) == "true", "a person's node annotation was removed"
+    assert names.CLUSTER_AUTOSCALER_SCALE_DOWN_DISABLED not in annotations
 
 
 def test_invalid_spec_is_reported_in_a_condition_and_recovers(pipeline: Pipeline, kube: KubeClient) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from framescale import busy_lease, names
 from framescale_operator.protection import (
+    ADDED_ANNOTATIONS_ANNOTATION,
     PROTECTED_BY_ANNOTATION,
     GroupInstance,
     Markers,
@@ -290,11 +291,49 @@ def test_instances_on_their_way_out_are_left_alone() -> None:
     assert not result.changes
 
 
-def test_node_annotation_patch_sets_and_removes_all_three() -> None:
-    on = node_annotation_patch(OWNER, protect=True)["metadata"]["annotations"]
-    off = node_annotation_patch(OWNER, protect=False)["metadata"]["annotations"]
-    assert on == PROTECTED
-    assert off == dict.fromkeys(PROTECTED)
+def _annotations_after(before: dict[str, str], protect: bool) -> dict[str, str]:
+    """Apply the merge patch as the API server would."""
+    record = NodeRecord(name="n1", provider_id=None, annotations=before)
+    patch = node_annotation_patch(record, OWNER, protect=protect)["metadata"]["annotations"]
+    after = dict(before)
+    for key, value in patch.items():
+        if value is None:
+            after.pop(key, None)
+        else:
+            after[key] = value
+    return after
+
+
+def test_node_annotation_patch_sets_all_and_removes_what_it_added() -> None:
+    protected = _annotations_after({"team": "vision"}, protect=True)
+    assert {key: protected[key] for key in PROTECTED} == PROTECTED
+    assert NodeRecord(name="n1", provider_id=None, annotations=protected).fully_annotated(OWNER)
+    assert _annotations_after(protected, protect=False) == {"team": "vision"}
+
+
+def test_release_leaves_an_annotation_someone_else_set_before() -> None:
+    theirs = {names.KARPENTER_DO_NOT_DISRUPT: "true"}
+    protected = _annotations_after(theirs, protect=True)
+    assert {key: protected[key] for key in PROTECTED} == PROTECTED
+    assert protected[ADDED_ANNOTATIONS_ANNOTATION] == names.CLUSTER_AUTOSCALER_SCALE_DOWN_DISABLED
+    assert _annotations_after(protected, protect=False) == theirs
+
+
+def test_reannotating_keeps_the_record_of_what_was_added() -> None:
+    protected = _annotations_after({}, protect=True)
+    # Someone removes one of ours; the next pass puts it back and still owns both.
+    protected.pop(names.KARPENTER_DO_NOT_DISRUPT)
+    again = _annotations_after(protected, protect=True)
+    assert set(again[ADDED_ANNOTATIONS_ANNOTATION].split(",")) == {
+        names.KARPENTER_DO_NOT_DISRUPT,
+        names.CLUSTER_AUTOSCALER_SCALE_DOWN_DISABLED,
+    }
+    assert _annotations_after(again, protect=False) == {}
+
+
+def test_a_node_protected_without_the_record_is_fully_released() -> None:
+    # Protected by a version that kept no record of what it added: all of it was ours.
+    assert _annotations_after(dict(PROTECTED), protect=False) == {}
 
 
 def test_node_record_from_a_node_body() -> None:
