@@ -82,8 +82,11 @@ class ManagedProcess:
         # A new session so that Ctrl-C in a terminal reaches only the parent, which stops
         # its children in order (they would otherwise all start shutting down at once).
         # The price: whoever starts a child must stop it, on every path out.
+        # And it must die with this process even when this one is killed outright, or a
+        # SIGKILLed test run or demo would leave moto and a model server running.
+        guarded = [sys.executable, "-m", "framescale.lifecycle", str(os.getpid()), *self.argv]
         self.process = subprocess.Popen(
-            self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=self.cwd, start_new_session=True
+            guarded, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=self.cwd, start_new_session=True
         )
         try:
             wait_until(

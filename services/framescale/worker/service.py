@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
 import logging
 import multiprocessing
 import os
@@ -30,7 +29,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from framescale import aws, logs
+from framescale import aws, lifecycle, logs
 from framescale.worker.health import HealthServer
 from framescale.worker.inference import ModelClient
 from framescale.worker.lease import BusyLease, kubernetes_coordination_api
@@ -40,7 +39,6 @@ from framescale.worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
 LOOP_SECONDS = 0.2
 # Slots get the grace period plus this to stop before they are killed ...
 KILL_MARGIN_SECONDS = 15.0
@@ -56,13 +54,6 @@ WEDGED_SECONDS = 30.0
 
 class StartupError(RuntimeError):
     """The worker cannot start; the message names the fix."""
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this slot if the supervisor dies, so no orphan keeps a message."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def model_client(settings: WorkerSettings) -> ModelClient:
@@ -108,7 +99,8 @@ class SlotSignals:
 def slot_main(settings_data: dict[str, Any], slot: int, dead_letter_queue_url: str, events: Connection) -> None:
     """Entry point of a slot process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor forwards what matters as SIGTERM
-    _die_with_parent()
+    # No orphan may keep a message: the slot dies with the supervisor.
+    lifecycle.die_with_parent(signal.SIGKILL)
     settings = WorkerSettings(**settings_data)
     logs.configure("worker", settings.log_level, settings.log_format)
 
