@@ -45,6 +45,9 @@ FINALIZE_WINDOW_SECONDS = 10.0
 POLL_SECONDS = 0.5
 # Objects stream to and from disk in bounded chunks, never whole into memory.
 TRANSFER = TransferConfig(multipart_threshold=16 * 1024 * 1024, multipart_chunksize=16 * 1024 * 1024, max_concurrency=4)
+# CopyObject copies up to 5 GiB in one request; larger objects need the multipart copy.
+SINGLE_COPY_LIMIT = 5 * 1024**3
+DELETE_BATCH = 1000  # DeleteObjects' limit per request
 _MISSING = frozenset({"NoSuchKey", "404", "NotFound"})
 _CONDITION_FAILED = frozenset({"PreconditionFailed", "412"})
 
@@ -58,6 +61,7 @@ class Commit:
     attempt: str
     staged_key: str
     summary: dict[str, Any]
+    staged_bytes: int | None = None  # unknown in records written before it was kept
 
 
 class ResultStore:
@@ -84,6 +88,7 @@ class ResultStore:
         self.staging_at = folder.child(STAGING_DIR, "")
         self.commit_at = folder.child(STAGING_DIR, COMMIT_FILE)
         self.staged_at = folder.child(STAGING_DIR, self.attempt, results.DETECTIONS_FILE)
+        self.staged_bytes: int | None = None
 
     # ------------------------------------------------------------------ before the work
 
@@ -124,6 +129,7 @@ class ResultStore:
             )
 
         self._call(upload, f"PUT {where.url}", stage="upload")
+        self.staged_bytes = detections.stat().st_size
 
     def commit(self, summary: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """Publish the staged lines with ``summary``: ``("succeeded", summary)``, or ``("skipped",
@@ -133,6 +139,7 @@ class ResultStore:
             "job_id": self.job_id,
             "attempt": self.attempt,
             "staged": self.staged_at.key,
+            "staged_bytes": self.staged_bytes,
             "summary": summary,
         }
         won = self._put_once(self.commit_at, json.dumps(record).encode())
@@ -159,15 +166,18 @@ class ResultStore:
             self._delete(self.staged_at)
             log.info("this job was finished by another attempt meanwhile; its results stand", extra={"stage": "commit"})
             return "skipped", theirs
-        self._finalize(Commit(self.attempt, self.staged_at.key, summary))
+        self._finalize(Commit(self.attempt, self.staged_at.key, summary, self.staged_bytes), fresh=True)
         return "succeeded", summary
 
     # ------------------------------------------------------------------ steps
 
-    def _finalize(self, commit: Commit) -> None:
-        """Committed record → detections.jsonl, then summary.json, then no more _staging/."""
+    def _finalize(self, commit: Commit, *, fresh: bool = False) -> None:
+        """Committed record → detections.jsonl, then summary.json, then no more _staging/.
+
+        ``fresh``: this attempt's commit landed just now, so nothing can have copied it yet.
+        """
         # A crashed finalizer may have copied already: copying again would add a version.
-        copied = self._copied_attempt() == commit.attempt or self._copy(commit)
+        copied = (not fresh and self._copied_attempt() == commit.attempt) or self._copy(commit)
         if not copied:
             if self._summary() is not None:  # another finalizer finished and cleaned up meanwhile
                 return
@@ -208,7 +218,8 @@ class ResultStore:
                 "delete it to run the job again",
                 stage="resolve",
             )
-        return Commit(attempt, staged, summary), _age_seconds(response)
+        size = record.get("staged_bytes")
+        return Commit(attempt, staged, summary, size if isinstance(size, int) else None), _age_seconds(response)
 
     def _wait_for_summary(self, seconds: float) -> dict[str, Any] | None:
         """Poll for the summary another attempt is about to write, for up to ``seconds``."""
@@ -238,22 +249,22 @@ class ResultStore:
         return self._call(head, f"HEAD {where.url}", stage="commit")
 
     def _copy(self, commit: Commit) -> bool:
-        """Managed copy (multipart when large) of the staged lines to detections.jsonl; False if gone."""
+        """Server-side copy of the staged lines to detections.jsonl; False if they are gone."""
         where = self.detections_at
+        source = {"Bucket": where.bucket, "Key": commit.staged_key}
+        destination = {
+            "ContentType": "application/x-ndjson",
+            "Metadata": {ATTEMPT_METADATA: commit.attempt},
+            "MetadataDirective": "REPLACE",
+        }
 
         def copy() -> bool:
             try:
-                self.s3.copy(
-                    {"Bucket": where.bucket, "Key": commit.staged_key},
-                    where.bucket,
-                    where.key,
-                    ExtraArgs={
-                        "ContentType": "application/x-ndjson",
-                        "Metadata": {ATTEMPT_METADATA: commit.attempt},
-                        "MetadataDirective": "REPLACE",
-                    },
-                    Config=TRANSFER,
-                )
+                if commit.staged_bytes is not None and commit.staged_bytes < SINGLE_COPY_LIMIT:
+                    # One request; the managed copy below first asks S3 for the size.
+                    self.s3.copy_object(CopySource=source, Bucket=where.bucket, Key=where.key, **destination)
+                else:
+                    self.s3.copy(source, where.bucket, where.key, ExtraArgs=destination, Config=TRANSFER)
             except ClientError as error:
                 if _code(error) in _MISSING:
                     return False
@@ -275,8 +286,24 @@ class ResultStore:
         except JobError as error:
             _cleanup_failed(error)
             return
-        for key in found:
-            self._delete(S3Location(where.bucket, key))
+        for first in range(0, len(found), DELETE_BATCH):
+            self._delete_batch(found[first : first + DELETE_BATCH])
+
+    def _delete_batch(self, keys: list[str]) -> None:
+        """One DeleteObjects request; best effort, like ``_delete``."""
+        where = self.staging_at
+
+        def delete() -> dict[str, Any]:
+            objects = [{"Key": key} for key in keys]
+            return dict(self.s3.delete_objects(Bucket=where.bucket, Delete={"Objects": objects, "Quiet": True}))
+
+        try:
+            answer = self._call(delete, f"DELETE {len(keys)} objects under {where.url}", stage="commit")
+        except JobError as error:
+            _cleanup_failed(error)
+            return
+        for failure in answer.get("Errors", [])[:1]:
+            _cleanup_failed(TransientJobError(f"{failure.get('Key')}: {failure.get('Code')}", stage="commit"))
 
     # ------------------------------------------------------------------ S3 with retries
 
