@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,16 +25,26 @@ def chaos_stack(name: str, *, max_receive_count: int = 10) -> local_stack.LocalS
     return stack
 
 
+def version_counts(stack: local_stack.LocalStack, prefix: str = "results/") -> collections.Counter[str]:
+    """How many times each key under ``prefix`` was written (the bucket is versioned).
+
+    One paginated listing for all jobs: moto lists versions by scanning the whole bucket, so a
+    listing per job makes checking a burst of jobs quadratic.
+    """
+    pages = client("s3").get_paginator("list_object_versions").paginate(Bucket=stack.output_bucket, Prefix=prefix)
+    return collections.Counter(version["Key"] for page in pages for version in page.get("Versions", []))
+
+
 def versions(stack: local_stack.LocalStack, job_id: str, name: str = results.SUMMARY_FILE) -> int:
-    """How many times ``<job>/<name>`` was written (the bucket is versioned)."""
+    """How many times ``<job>/<name>`` was written."""
     key = f"results/{job_id}/{name}"
-    listing = client("s3").list_object_versions(Bucket=stack.output_bucket, Prefix=key)
-    return sum(1 for version in listing.get("Versions", []) if version["Key"] == key)
+    return version_counts(stack, key)[key]
 
 
-def staging_left(stack: local_stack.LocalStack, job_id: str) -> list[str]:
-    listing = client("s3").list_objects_v2(Bucket=stack.output_bucket, Prefix=f"results/{job_id}/_staging/")
-    return [item["Key"] for item in listing.get("Contents", [])]
+def staged_objects(stack: local_stack.LocalStack) -> list[str]:
+    """Objects under any job's ``_staging/`` folder that still exist (not only as old versions)."""
+    pages = client("s3").get_paginator("list_objects_v2").paginate(Bucket=stack.output_bucket, Prefix="results/")
+    return [item["Key"] for page in pages for item in page.get("Contents", []) if "/_staging/" in item["Key"]]
 
 
 def in_flight_pids(worker: WorkerProcess) -> set[int]:
@@ -69,9 +80,13 @@ def assert_exactly_once(
             == expected_sample_count(video.frame_count, video.fps, sample_fps)
             == summary["frames"]["sampled"]
         ), f"{job_id}: detections.jsonl does not hold the frames its summary counts"
-        assert versions(stack, job_id) == 1, f"{job_id}: summary written more than once"
-        assert versions(stack, job_id, results.DETECTIONS_FILE) == 1, f"{job_id}: detections written more than once"
-        assert staging_left(stack, job_id) == [], f"{job_id}: staged objects left behind"
+    written = version_counts(stack)
+    for job_id in jobs:
+        assert written[f"results/{job_id}/{results.SUMMARY_FILE}"] == 1, f"{job_id}: summary written more than once"
+        assert written[f"results/{job_id}/{results.DETECTIONS_FILE}"] == 1, (
+            f"{job_id}: detections written more than once"
+        )
+    assert staged_objects(stack) == [], "staged objects left behind"
 
 
 @pytest.fixture
