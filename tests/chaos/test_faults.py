@@ -187,16 +187,20 @@ def test_a_failed_delete_after_the_commit_costs_neither_the_slot_nor_a_second_ru
     assert worker.slot_pids() == slots, "the slot died"
 
 
-def test_ctrl_c_to_the_process_group_with_enough_grace_finishes_the_job(aws_env, start_worker, make_jobs) -> None:
+@pytest.mark.parametrize("how", ["sigterm-to-the-supervisor", "ctrl-c-to-the-process-group"])
+def test_a_stop_request_with_enough_grace_finishes_the_job(aws_env, start_worker, make_jobs, how: str) -> None:
     stack = chaos_stack("grace")
     jobs = make_jobs(stack, 1, frames=300, fps=30, sample_fps=30.0, width=640, height=360)
     worker = start_worker(stack, model="person", shutdown_grace_seconds="120", **FAST_RECOVERY)
     sqs = client("sqs")
     wait_for(lambda: local_stack.queue_depth(sqs, stack.queue_url)[1] == 1, what="job in flight")
     time.sleep(1.0)
-    # A terminal's Ctrl-C reaches every process of the group, slots included: that is one
-    # request to stop (with the grace), not two (hand back at once).
-    os.killpg(worker.pid, signal.SIGINT)
+    if how == "sigterm-to-the-supervisor":
+        worker.signal(signal.SIGTERM)  # what Kubernetes sends the container's first process
+    else:
+        # A terminal's Ctrl-C reaches every process of the group, slots included: that is one
+        # request to stop (with the grace), not two (hand back at once).
+        os.killpg(worker.pid, signal.SIGINT)
     assert worker.wait(150) == 0
     assert_exactly_once(stack, jobs)
     assert not any(r.get("message") == "message handed back" for r in worker_log(worker))
