@@ -27,7 +27,11 @@ def read_frame(video: Path, index: int) -> np.ndarray | None:
 def draw(frame: np.ndarray, detections: list[dict[str, Any]]) -> np.ndarray:
     out = frame.copy()
     height, width = out.shape[:2]
-    thickness = max(2, round(min(height, width) / 240))
+    # Lines and captions grow with the frame, so that every frame looks alike once the contact
+    # sheet scales them all to one width (a fixed size is unreadable on a 720p frame there).
+    thickness = max(2, round(width / 200))
+    font_scale = max(0.4, width / 800)
+    font_thickness = max(1, round(width / 640))
     for detection in detections:
         ymin, xmin, ymax, xmax = detection["box"]
         colour = _COLOURS[int(detection["class_id"]) % len(_COLOURS)]
@@ -35,10 +39,22 @@ def draw(frame: np.ndarray, detections: list[dict[str, Any]]) -> np.ndarray:
         bottom_right = (round(xmax * width), round(ymax * height))
         cv2.rectangle(out, top_left, bottom_right, colour, thickness)
         caption = f"{detection['label']} {detection['score']:.2f}"
-        (text_w, text_h), _ = cv2.getTextSize(caption, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
-        y = max(text_h + 4, top_left[1])
-        cv2.rectangle(out, (top_left[0], y - text_h - 4), (top_left[0] + text_w + 4, y), colour, -1)
-        cv2.putText(out, caption, (top_left[0] + 2, y - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+        (text_w, text_h), _ = cv2.getTextSize(caption, cv2.FONT_HERSHEY_SIMPLEX, font_scale, font_thickness)
+        pad = max(2, text_h // 4)
+        # Above the box, kept inside the frame.
+        x = max(0, min(top_left[0], width - text_w - 2 * pad))
+        y = max(text_h + 2 * pad, top_left[1])
+        cv2.rectangle(out, (x, y - text_h - 2 * pad), (x + text_w + 2 * pad, y), colour, -1)
+        cv2.putText(
+            out,
+            caption,
+            (x + pad, y - pad),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            font_scale,
+            (0, 0, 0),
+            font_thickness,
+            cv2.LINE_AA,
+        )
     return out
 
 
