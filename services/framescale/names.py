@@ -21,6 +21,12 @@ LEASE_COMPONENT_VALUE = "busy-lease"
 LEASE_PIPELINE_LABEL = "framescale.io/pipeline"
 LEASE_NODE_ANNOTATION = "framescale.io/node-name"
 LEASE_ACTIVE_JOBS_ANNOTATION = "framescale.io/active-jobs"
+# The drain handshake (framescale.busy_lease): the worker writes its state and its reply, the
+# operator writes the request. Each side merge-patches only its own keys.
+LEASE_STATE_ANNOTATION = "framescale.io/worker-state"
+LEASE_DRAIN_REQUEST_ANNOTATION = "framescale.io/drain-request"
+LEASE_DRAIN_REQUESTED_BY_ANNOTATION = "framescale.io/drain-requested-by"
+LEASE_DRAIN_REPLY_ANNOTATION = "framescale.io/drain-reply"
 
 # Where protection against scale-in must sit for node autoscalers: both ignore DaemonSet pods.
 CLUSTER_AUTOSCALER_SCALE_DOWN_DISABLED = "cluster-autoscaler.kubernetes.io/scale-down-disabled"

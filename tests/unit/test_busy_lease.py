@@ -57,3 +57,106 @@ def test_garbage_times_mean_not_busy() -> None:
     lease["spec"]["acquireTime"] = None
     view = busy_lease.read_lease(lease, NOW)
     assert view is not None and not view.busy
+
+
+# ---------------------------------------------------------------- version 2: the drain handshake
+
+
+def v2(
+    active: int = 0,
+    state: busy_lease.WorkerState = busy_lease.WorkerState.IDLE,
+    *,
+    renewed: datetime = NOW,
+    reply: busy_lease.DrainReply | None = None,
+) -> dict:
+    lease = busy_lease.worker_patch(
+        node_name="ip-10-0-0-1.ec2.internal",
+        namespace="framescale",
+        holder="pod-a",
+        duration_seconds=30,
+        now=renewed,
+        active_jobs=active,
+        state=state,
+        pipeline="detect",
+        drain_reply=reply,
+    )
+    return lease
+
+
+def merge(lease: dict, patch: dict) -> dict:
+    """A JSON merge patch of the annotations, as the API server applies it."""
+    annotations = dict(lease["metadata"]["annotations"])
+    for key, value in patch["metadata"]["annotations"].items():
+        if value is None:
+            annotations.pop(key, None)
+        else:
+            annotations[key] = value
+    return {**lease, "metadata": {**lease["metadata"], "annotations": annotations}}
+
+
+def test_record_reads_what_the_worker_wrote_with_no_clock() -> None:
+    record = busy_lease.parse_lease(v2(2, busy_lease.WorkerState.BUSY, renewed=NOW - timedelta(days=3)))
+    assert record is not None
+    assert (record.node_name, record.pipeline, record.holder) == ("ip-10-0-0-1.ec2.internal", "detect", "pod-a")
+    assert record.busy and record.active_jobs == 2 and record.duration_seconds == 30
+    assert record.drain_request is None and record.drain_reply is None
+    assert busy_lease.parse_lease({"metadata": {"labels": {}}}) is None
+
+
+def test_drained_only_for_the_request_it_answers() -> None:
+    token = busy_lease.new_drain_token()
+    requested = merge(v2(), busy_lease.drain_request_patch(token, "video/detect"))
+    record = busy_lease.parse_lease(requested)
+    assert record is not None and record.drain_request == token and record.drain_requested_by == "video/detect"
+    assert not record.drained_for(token), "a request alone is no answer"
+    reply = busy_lease.DrainReply(token, busy_lease.DrainVerdict.DRAINED)
+    answered = merge(v2(0, busy_lease.WorkerState.DRAINED, reply=reply), busy_lease.drain_request_patch(token, "x"))
+    record = busy_lease.parse_lease(answered)
+    assert record is not None and record.drained_for(token)
+    assert not record.drained_for(busy_lease.new_drain_token()), "an answer to another request"
+    # A reply left from an earlier request does not answer a new one.
+    newer = busy_lease.new_drain_token()
+    record = busy_lease.parse_lease(merge(answered, busy_lease.drain_request_patch(newer, "x")))
+    assert record is not None and not record.drained_for(newer)
+    # Drained but with a job in hand is not drained.
+    busy = merge(v2(1, busy_lease.WorkerState.DRAINED, reply=reply), busy_lease.drain_request_patch(token, "x"))
+    record = busy_lease.parse_lease(busy)
+    assert record is not None and not record.drained_for(token)
+
+
+def test_refusal_and_withdrawal() -> None:
+    token = busy_lease.new_drain_token()
+    reply = busy_lease.DrainReply(token, busy_lease.DrainVerdict.REFUSED)
+    lease = merge(v2(1, busy_lease.WorkerState.BUSY, reply=reply), busy_lease.drain_request_patch(token, "x"))
+    record = busy_lease.parse_lease(lease)
+    assert record is not None and record.refused(token) and not record.drained_for(token)
+    withdrawn = busy_lease.parse_lease(merge(lease, busy_lease.withdraw_drain_patch()))
+    assert withdrawn is not None and withdrawn.drain_request is None and not withdrawn.refused(token)
+
+
+def test_garbled_replies_and_states_read_as_none() -> None:
+    lease = v2()
+    lease["metadata"]["annotations"][names.LEASE_DRAIN_REPLY_ANNOTATION] = "tok maybe"
+    lease["metadata"]["annotations"][names.LEASE_STATE_ANNOTATION] = "sleeping"
+    record = busy_lease.parse_lease(lease)
+    assert record is not None and record.drain_reply is None and record.state is None
+
+
+def test_liveness_is_judged_on_the_readers_clock_only() -> None:
+    liveness = busy_lease.LeaseLiveness()
+    # The writer's clock is two minutes behind: irrelevant, only changes of renewTime count.
+    first = busy_lease.parse_lease(v2(1, busy_lease.WorkerState.BUSY, renewed=NOW - timedelta(seconds=120)))
+    assert first is not None
+    assert not liveness.live(first, 1000.0), "never observed: not live"
+    liveness.observe(first, 1000.0)
+    assert liveness.live(first, 1029.9)
+    liveness.observe(first, 1020.0)  # the same renewal seen again does not extend it
+    assert not liveness.live(first, 1030.0)
+    renewed = busy_lease.parse_lease(v2(1, busy_lease.WorkerState.BUSY, renewed=NOW - timedelta(seconds=110)))
+    assert renewed is not None
+    liveness.observe(renewed, 1025.0)
+    assert liveness.live(renewed, 1054.9) and not liveness.live(renewed, 1055.0)
+    assert liveness.expires_at(renewed) == 1055.0
+    assert not liveness.live(first, 1026.0), "a stale copy of the Lease is not the renewal seen"
+    liveness.forget("framescale", renewed.name)
+    assert not liveness.live(renewed, 1026.0)
