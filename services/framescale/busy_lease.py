@@ -11,15 +11,23 @@ Version 2, the drain handshake (``LeaseRecord``, ``LeaseLiveness``, the ``*_patc
   clock, when it last saw ``renewTime`` (or the holder) change (``LeaseLiveness``), the way
   client-go's leader election does. The two machines' clocks are never compared, so a worker
   clock minutes off changes nothing.
-* To take a node out, the operator writes ``drain-request`` (a fresh token) and
+* Admission: a worker takes jobs only once the operator has seen its Lease and written
+  ``admitted-by`` (the owning pipeline) on it, and only while no drain request stands. So an
+  instance the operator chose while it had no Lease yet (booting, or never joined) never starts
+  a job, however late its worker comes up: the operator never admits an instance it is removing.
+* To take a node out, the operator writes ``drain-request`` (a fresh token), ``drain-mode`` and
   ``drain-requested-by`` on the Lease. The worker stops receiving on every slot, hands back at
-  once any message a long poll returns after that, and answers in ``drain-reply``:
-  ``"<token> drained"`` once no slot has a job and none can start one (it then stays drained
-  while the request stands), or ``"<token> refused"`` when a job was already in hand (it goes
-  on working). The operator terminates the instance only after a live Lease says "drained"
-  with its own token; withdrawing the request (``withdraw_drain_patch``) lets the worker take
-  jobs again. A worker that starts and finds a request on its Lease honours it before it takes
-  any job.
+  once any message a long poll returns after that, and answers in ``drain-reply``
+  (``respond_to_drain``):
+  - mode ``if-idle`` (the operator's own scale-in choice): ``"<token> drained"`` when no slot
+    had a job, or ``"<token> refused"`` when one had (it then goes on working as before);
+  - mode ``finish`` (a termination the operator did not choose, a pipeline being deleted): it
+    takes no new job, finishes what it has, then answers ``"<token> drained"``.
+  Once it answered "drained" it stays drained, taking nothing, while the request stands. The
+  operator terminates (or completes a lifecycle action for) an instance only after a live Lease
+  says "drained" with its own token; withdrawing the request (``withdraw_drain_patch``) lets the
+  worker take jobs again. A worker that starts and finds a request on its Lease honours it
+  before it takes any job.
 * Each side merge-patches only its own annotation keys, so neither overwrites the other.
 
 Version 1 (``lease_body``/``read_lease`` with ``expires_at``) compared ``renewTime`` with the
@@ -157,6 +165,19 @@ class DrainVerdict(StrEnum):
     REFUSED = "refused"
 
 
+class DrainMode(StrEnum):
+    IF_IDLE = "if-idle"  # refuse when a job is in hand (the operator then picks another node)
+    FINISH = "finish"  # take nothing new, finish what is in hand, then answer drained
+
+
+def respond_to_drain(mode: DrainMode, active_jobs: int) -> DrainVerdict | None:
+    """The worker's answer once every slot is fenced (none can start a job) and ``active_jobs``
+    jobs are still in hand; None: no answer yet (finishing)."""
+    if active_jobs <= 0:
+        return DrainVerdict.DRAINED
+    return DrainVerdict.REFUSED if mode == DrainMode.IF_IDLE else None
+
+
 @dataclass(frozen=True)
 class DrainReply:
     token: str
@@ -194,7 +215,9 @@ class LeaseRecord:
     renew_time: str | None  # as written: only its changes matter to the reader
     active_jobs: int
     state: WorkerState | None  # None: a version-1 writer, or a value this reader does not know
+    admitted_by: str | None
     drain_request: str | None
+    drain_mode: DrainMode  # of the standing request (if-idle when unset or unknown)
     drain_requested_by: str | None
     drain_reply: DrainReply | None
 
@@ -220,6 +243,12 @@ class LeaseRecord:
     def refused(self, token: str) -> bool:
         return self.drain_request == token and self.drain_reply == DrainReply(token, DrainVerdict.REFUSED)
 
+    @property
+    def may_take_jobs(self) -> bool:
+        """The Lease lets its worker start a job: admitted, no drain request, not stopping. (The
+        worker also needs to have renewed it recently, on its own clock.)"""
+        return bool(self.admitted_by) and self.drain_request is None and self.state != WorkerState.STOPPING
+
 
 def parse_lease(lease: Mapping[str, Any]) -> LeaseRecord | None:
     """Interpret a Lease; ``None`` when it is not a framescale node Lease."""
@@ -242,6 +271,10 @@ def parse_lease(lease: Mapping[str, Any]) -> LeaseRecord | None:
     except ValueError:
         state = None
     renew = spec.get("renewTime") or spec.get("acquireTime")
+    try:
+        mode = DrainMode(annotations.get(names.LEASE_DRAIN_MODE_ANNOTATION) or DrainMode.IF_IDLE.value)
+    except ValueError:
+        mode = DrainMode.IF_IDLE
     return LeaseRecord(
         name=str(metadata.get("name", "")),
         namespace=str(metadata.get("namespace", "")),
@@ -254,7 +287,9 @@ def parse_lease(lease: Mapping[str, Any]) -> LeaseRecord | None:
         renew_time=str(renew) if renew is not None else None,
         active_jobs=active,
         state=state,
+        admitted_by=annotations.get(names.LEASE_ADMITTED_BY_ANNOTATION) or None,
         drain_request=annotations.get(names.LEASE_DRAIN_REQUEST_ANNOTATION) or None,
+        drain_mode=mode,
         drain_requested_by=annotations.get(names.LEASE_DRAIN_REQUESTED_BY_ANNOTATION) or None,
         drain_reply=DrainReply.parse(annotations.get(names.LEASE_DRAIN_REPLY_ANNOTATION)),
     )
@@ -292,12 +327,18 @@ def worker_patch(
     return body
 
 
-def drain_request_patch(token: str, requested_by: str) -> dict[str, Any]:
+def admit_patch(owner: str) -> dict[str, Any]:
+    """The operator admits the node's worker (``owner``: the pipeline, ``namespace/name``)."""
+    return {"metadata": {"annotations": {names.LEASE_ADMITTED_BY_ANNOTATION: owner}}}
+
+
+def drain_request_patch(token: str, requested_by: str, mode: DrainMode = DrainMode.IF_IDLE) -> dict[str, Any]:
     """The operator's request that the node's worker drain (a merge patch of the operator's keys)."""
     return {
         "metadata": {
             "annotations": {
                 names.LEASE_DRAIN_REQUEST_ANNOTATION: token,
+                names.LEASE_DRAIN_MODE_ANNOTATION: mode.value,
                 names.LEASE_DRAIN_REQUESTED_BY_ANNOTATION: requested_by,
             }
         }
@@ -310,6 +351,7 @@ def withdraw_drain_patch() -> dict[str, Any]:
         "metadata": {
             "annotations": {
                 names.LEASE_DRAIN_REQUEST_ANNOTATION: None,
+                names.LEASE_DRAIN_MODE_ANNOTATION: None,
                 names.LEASE_DRAIN_REQUESTED_BY_ANNOTATION: None,
             }
         }

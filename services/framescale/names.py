@@ -24,7 +24,9 @@ LEASE_ACTIVE_JOBS_ANNOTATION = "framescale.io/active-jobs"
 # The drain handshake (framescale.busy_lease): the worker writes its state and its reply, the
 # operator writes the request. Each side merge-patches only its own keys.
 LEASE_STATE_ANNOTATION = "framescale.io/worker-state"
+LEASE_ADMITTED_BY_ANNOTATION = "framescale.io/admitted-by"
 LEASE_DRAIN_REQUEST_ANNOTATION = "framescale.io/drain-request"
+LEASE_DRAIN_MODE_ANNOTATION = "framescale.io/drain-mode"
 LEASE_DRAIN_REQUESTED_BY_ANNOTATION = "framescale.io/drain-requested-by"
 LEASE_DRAIN_REPLY_ANNOTATION = "framescale.io/drain-reply"
 

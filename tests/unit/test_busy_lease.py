@@ -160,3 +160,26 @@ def test_liveness_is_judged_on_the_readers_clock_only() -> None:
     assert not liveness.live(first, 1026.0), "a stale copy of the Lease is not the renewal seen"
     liveness.forget("framescale", renewed.name)
     assert not liveness.live(renewed, 1026.0)
+
+
+def test_admission_gates_jobs() -> None:
+    lease = v2()
+    record = busy_lease.parse_lease(lease)
+    assert record is not None and not record.may_take_jobs, "not admitted yet"
+    admitted = merge(lease, busy_lease.admit_patch("video/detect"))
+    record = busy_lease.parse_lease(admitted)
+    assert record is not None and record.admitted_by == "video/detect" and record.may_take_jobs
+    token = busy_lease.new_drain_token()
+    draining = merge(admitted, busy_lease.drain_request_patch(token, "video/detect", busy_lease.DrainMode.FINISH))
+    record = busy_lease.parse_lease(draining)
+    assert record is not None and not record.may_take_jobs and record.drain_mode == busy_lease.DrainMode.FINISH
+    record = busy_lease.parse_lease(merge(draining, busy_lease.withdraw_drain_patch()))
+    assert record is not None and record.may_take_jobs and record.drain_mode == busy_lease.DrainMode.IF_IDLE
+
+
+def test_drain_answers_by_mode() -> None:
+    respond, mode, verdict = busy_lease.respond_to_drain, busy_lease.DrainMode, busy_lease.DrainVerdict
+    assert respond(mode.IF_IDLE, 0) == verdict.DRAINED
+    assert respond(mode.IF_IDLE, 1) == verdict.REFUSED
+    assert respond(mode.FINISH, 0) == verdict.DRAINED
+    assert respond(mode.FINISH, 2) is None, "finishing: no answer until the jobs are done"
