@@ -34,6 +34,11 @@ LEASE_DRAIN_REPLY_ANNOTATION = "framescale.io/drain-reply"
 CLUSTER_AUTOSCALER_SCALE_DOWN_DISABLED = "cluster-autoscaler.kubernetes.io/scale-down-disabled"
 KARPENTER_DO_NOT_DISRUPT = "karpenter.sh/do-not-disrupt"
 
+# The termination lifecycle hook (autoscaling:EC2_INSTANCE_TERMINATING) on the node group that
+# holds instances terminated by anyone but the operator while their worker drains; the operator
+# handles the hook of this name unless the VideoPipeline names another.
+DEFAULT_LIFECYCLE_HOOK_NAME = "framescale-drain"
+
 # Default label that selects the accelerator nodes the DaemonSet runs on.
 ACCELERATOR_NODE_LABEL = "framescale.io/accelerator"
 
