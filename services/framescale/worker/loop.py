@@ -18,6 +18,7 @@ from typing import Any
 from framescale import logs, names
 from framescale.messages import InvalidMessage, ParsedMessage, parse_message
 from framescale.worker.errors import JobCancelled, PermanentJobError, TransientJobError
+from framescale.worker.gate import JobGate, SlotGate
 from framescale.worker.heartbeat import VisibilityHeartbeat
 from framescale.worker.inference import ModelClient
 from framescale.worker.job import JobReport, JobRunner
@@ -30,6 +31,11 @@ EventSink = Callable[[dict[str, Any]], None]
 # While the model is available, re-check it at most this often (a check is one RPC).
 READY_CACHE_SECONDS = 10.0
 MODEL_WAIT_SECONDS = 1.0
+# While the job-start gate is shut (the node waits for admission, drains or cannot renew its
+# Lease) a slot looks again this often instead of long-polling: a message received then would
+# only be handed back, and each hand-back spends one of its receives toward the dead-letter queue.
+GATE_WAIT_SECONDS = 0.2
+FENCED_REASON = "the node takes no new job (drain, no admission, or Lease not renewed)"
 COMPLETED = frozenset({"succeeded", "skipped", "repaired"})
 
 
@@ -59,6 +65,7 @@ class SlotWorker:
         events: EventSink = lambda event: None,
         stopping: threading.Event | None = None,
         cancel: threading.Event | None = None,
+        gate: SlotGate | None = None,
     ) -> None:
         self.settings = settings
         self.sqs = sqs
@@ -66,6 +73,8 @@ class SlotWorker:
         self.events = events
         self.stopping = stopping or threading.Event()  # stop taking new messages
         self.cancel = cancel or threading.Event()  # give up the job in hand
+        # Whether this node may start a job now, checked atomically with the start (gate.py).
+        self.gate = gate or _always_open()
         self.notifier = Notifier(sns, settings.success_topic_arn, settings.error_topic_arn)
         self.runner = JobRunner(settings, s3, model, cancel=self.cancel)
         self.in_job = False  # from just before a message's stopping check until it is settled
@@ -81,6 +90,9 @@ class SlotWorker:
             # model): the message would only come back later.
             if not self.model_ready():
                 self.stopping.wait(MODEL_WAIT_SECONDS)
+                continue
+            if not self.gate.is_open():
+                self.stopping.wait(GATE_WAIT_SECONDS)
                 continue
             messages = self.receive()
             received = time.perf_counter()
@@ -133,10 +145,16 @@ class SlotWorker:
         with logs.scope(message_id=message.get("MessageId"), receive_count=receive_count):
             # In a job before the stopping check: a signal from here on gets the grace period.
             self.in_job = True
+            started = False
             try:
                 if self.stopping.is_set():
                     outcome = MessageOutcome("handed_back", reason="shutting down before the job started")
+                elif not self.gate.try_start():
+                    # A long poll that was under way when the gate shut: hand its message back now.
+                    outcome = MessageOutcome("handed_back", reason=FENCED_REASON)
+                    self.events({"type": "fenced_hand_back"})
                 else:
+                    started = True
                     self.events(
                         {
                             "type": "job_started",
@@ -159,6 +177,8 @@ class SlotWorker:
                 self._settle(message, outcome)
                 log.info("message settled", extra={"action": outcome.action, "stage": "settle"})
             finally:
+                if started:  # counted as in hand until its message is settled
+                    self.gate.finish()
                 self.in_job = False
         self.events({"type": "job_finished", "outcome": outcome})
         return outcome
@@ -293,6 +313,13 @@ class SlotWorker:
             reason=f"{stage}: {reason}",
         )
         return True
+
+
+def _always_open() -> SlotGate:
+    """A gate for a lone slot that nothing fences (tests, tools)."""
+    gate = JobGate.for_threads(1)
+    gate.open()
+    return gate.slot(0)
 
 
 def find_dead_letter_queue(sqs: Any, queue_url: str) -> str | None:

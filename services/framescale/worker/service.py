@@ -30,6 +30,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from framescale import aws, lifecycle, logs
+from framescale.worker.gate import JobGate, SlotGate
 from framescale.worker.health import HealthServer
 from framescale.worker.inference import ModelClient
 from framescale.worker.lease import BusyLease, kubernetes_coordination_api
@@ -96,8 +97,10 @@ class SlotSignals:
             raise _Shutdown
 
 
-def slot_main(settings_data: dict[str, Any], slot: int, dead_letter_queue_url: str, events: Connection) -> None:
-    """Entry point of a slot process."""
+def slot_main(
+    settings_data: dict[str, Any], slot: int, dead_letter_queue_url: str, events: Connection, gate: SlotGate
+) -> None:
+    """Entry point of a slot process; ``gate`` is its cell of the supervisor's job-start fence."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor forwards what matters as SIGTERM
     # No orphan may keep a message: the slot dies with the supervisor.
     lifecycle.die_with_parent(signal.SIGKILL)
@@ -118,6 +121,7 @@ def slot_main(settings_data: dict[str, Any], slot: int, dead_letter_queue_url: s
         model=model_client(settings),
         dead_letter_queue_url=dead_letter_queue_url,
         events=send,
+        gate=gate,
     )
     signal.signal(signal.SIGTERM, SlotSignals(worker, settings.shutdown_grace_seconds))
     with logs.scope(slot=slot), contextlib.suppress(_Shutdown):
@@ -149,6 +153,8 @@ class Supervisor:
         self.sqs: Any = None
         self._model: ModelClient | None = None
         self._context = multiprocessing.get_context("spawn")
+        # Whether a slot may start a job: shut until the node may take jobs, and by stopping.
+        self.gate = JobGate.for_processes(settings.slots, self._context)
         self._deaths: dict[int, collections.deque[float]] = collections.defaultdict(collections.deque)
         self._last_tick = time.monotonic()
         self._hurry_at: float | None = None
@@ -192,6 +198,7 @@ class Supervisor:
                 duration_seconds=self.settings.lease_duration_seconds,
                 pipeline=self.settings.pipeline_name,
             ).start()
+        self.gate.open()
         for slot in range(self.settings.slots):
             self._spawn(slot)
         log.info(
@@ -214,9 +221,10 @@ class Supervisor:
 
     def _spawn(self, slot: int) -> None:
         reader, writer = self._context.Pipe(duplex=False)
+        gate = self.gate.reset(slot)  # a fresh cell: nothing of a dead predecessor's carries over
         process = self._context.Process(
             target=slot_main,
-            args=(self.settings.model_dump(mode="json"), slot, self.dead_letter_queue_url, writer),
+            args=(self.settings.model_dump(mode="json"), slot, self.dead_letter_queue_url, writer, gate),
             name=f"framescale-slot-{slot}",
         )
         process.start()
@@ -247,6 +255,7 @@ class Supervisor:
     def request_stop(self, signum: int = signal.SIGTERM, frame: Any = None) -> None:
         self.signals += 1
         self.stopping = True
+        self.gate.shut()  # no job starts from here on (the slots' own flag says so too, once signalled)
         if self.signals > 1 and self._hurry_at is None:
             self._hurry_at = time.monotonic()
         log.info("stop requested", extra={"signal": signum, "count": self.signals})
@@ -268,6 +277,9 @@ class Supervisor:
                     deadline = time.monotonic() + self.settings.shutdown_grace_seconds + KILL_MARGIN_SECONDS
                 if self._hurry_at is not None:
                     deadline = min(deadline, self._hurry_at + SECOND_SIGNAL_SECONDS)
+                for slot, state in self.slots.items():
+                    if not state.process.is_alive():
+                        self._reap(slot)
                 if not any(state.process.is_alive() for state in self.slots.values()):
                     break
                 if time.monotonic() > deadline:
@@ -283,14 +295,21 @@ class Supervisor:
         log.info("worker stopped")
         return 0
 
+    def _reap(self, slot: int) -> None:
+        """Note a slot's death once: its last events, then it is idle, whatever they said."""
+        state = self.slots[slot]
+        if state.reaped:
+            return
+        state.reaped = True
+        self._drain(slot)
+        state.busy, state.receipt_handle = False, None
+        self.gate.reset(slot)  # a dead slot holds no job, nor (if killed inside it) its gate lock
+        self._update_busy()
+        self._deaths[slot].append(time.monotonic())
+
     def _restart(self, slot: int) -> None:
         state = self.slots[slot]
-        if not state.reaped:
-            state.reaped = True
-            self._drain(slot)  # its last events first; then it is idle, whatever they said
-            state.busy, state.receipt_handle = False, None
-            self._update_busy()
-            self._deaths[slot].append(time.monotonic())
+        self._reap(slot)
         if time.monotonic() - state.started < RESTART_MIN_SECONDS:
             return
         log.error("slot process died; restarting it", extra={"slot": slot, "exitcode": state.process.exitcode})
