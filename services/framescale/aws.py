@@ -12,6 +12,7 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 DEFAULT_REGION = "us-east-1"
 
@@ -34,3 +35,8 @@ def client(service: str, *, config: Config | None = None, **kwargs: Any) -> Any:
     """A boto3 client for ``service`` in the configured region, honouring AWS_ENDPOINT_URL."""
     session = boto3.session.Session()
     return session.client(service, region_name=region(), config=config or client_config(), **kwargs)
+
+
+def client_error_code(error: ClientError) -> str:
+    """The error code AWS answered (``NoSuchKey``, ``SlowDown``, ``404`` for a HEAD), "" when it gave none."""
+    return str(error.response.get("Error", {}).get("Code", ""))

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from framescale.aws import region as aws_region
+from framescale.messages import S3Location
 
 DETECTIONS_FILE = "detections.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -41,6 +42,40 @@ def frame_line(frame: int, pts_ms: int, detections: list[Detection]) -> str:
     """One JSON Lines record (with its newline) for a sampled frame."""
     record = {"frame": frame, "pts_ms": pts_ms, "detections": [d.as_json() for d in detections]}
     return json.dumps(record, separators=(",", ":")) + "\n"
+
+
+def job_summary(
+    *,
+    job_id: str,
+    input: dict[str, Any],
+    output: S3Location,
+    model: dict[str, Any],
+    video: dict[str, Any],
+    frames: dict[str, Any],
+    detections: int,
+    label_counts: dict[str, int],
+    timings: dict[str, float],
+    model_calls: int,
+) -> dict[str, Any]:
+    """``summary.json`` of a finished job (DESIGN.md, "Results"); ``output`` is the job's folder."""
+    return {
+        "format_version": RESULT_FORMAT_VERSION,
+        "job_id": job_id,
+        "status": "succeeded",
+        "input": dict(input),
+        "output": {
+            "detections": output.child(DETECTIONS_FILE).url,
+            "summary": output.child(SUMMARY_FILE).url,
+        },
+        "model": dict(model),
+        "video": dict(video),
+        "frames": dict(frames),
+        "detections": detections,
+        "label_counts": dict(sorted(label_counts.items())),
+        "timings_seconds": dict(timings),
+        "model_calls": model_calls,
+        "completed_at": utc_now_iso(),
+    }
 
 
 def utc_now_iso() -> str:

@@ -16,6 +16,7 @@ import pytest
 from framescale.local import stack as local_stack
 from framescale.local.processes import free_port
 from framescale.local.videos import write_synthetic_video
+from framescale.worker.adapters import SqsQueue
 from framescale.worker.heartbeat import VisibilityHeartbeat
 from tests.conftest import worker_log
 from tests.support import client, dead_letters, enqueue, failure_reason, read_summary, unique, upload, wait_for
@@ -28,7 +29,7 @@ def test_heartbeat_keeps_the_message_invisible_and_stops_with_the_job(aws_env) -
     queue_url = sqs.create_queue(QueueName=unique("hb"))["QueueUrl"]
     sqs.send_message(QueueUrl=queue_url, MessageBody="{}")
     (message,) = sqs.receive_message(QueueUrl=queue_url, VisibilityTimeout=2, WaitTimeSeconds=1)["Messages"]
-    with VisibilityHeartbeat(sqs, queue_url, message["ReceiptHandle"], extension=2, period=0.5) as heartbeat:
+    with VisibilityHeartbeat(SqsQueue(sqs, queue_url), message["ReceiptHandle"], extension=2, period=0.5) as heartbeat:
         time.sleep(4.5)  # more than twice the visibility timeout
         assert sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=0).get("Messages", []) == []
     assert heartbeat.beats >= 5
@@ -51,7 +52,7 @@ def test_a_beat_on_a_message_no_longer_held_is_logged_and_ends_the_heartbeat(
     sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
     with (
         caplog.at_level(logging.ERROR, logger="framescale.worker.heartbeat"),
-        VisibilityHeartbeat(sqs, queue_url, message["ReceiptHandle"], extension=30, period=0.2) as heartbeat,
+        VisibilityHeartbeat(SqsQueue(sqs, queue_url), message["ReceiptHandle"], extension=30, period=0.2) as heartbeat,
     ):
         time.sleep(1.5)
     assert heartbeat.lost and heartbeat.failures == 1, "it kept beating on a receipt handle that cannot work"

@@ -4,23 +4,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
-
-from botocore.exceptions import ClientError
 
 from framescale import logs
+from framescale.worker.errors import ReceiptHandleGone
+from framescale.worker.ports import Clock, Queue, SystemClock
 
 log = logging.getLogger(__name__)
-
-# What SQS answers when this receipt handle no longer holds the message: it became visible
-# and another receive took it, or it was deleted.
-_HANDLE_GONE = frozenset({"ReceiptHandleIsInvalid", "MessageNotInflight"})
-
-
-def _handle_gone(error: ClientError) -> bool:
-    details = error.response.get("Error", {})
-    code, message = str(details.get("Code", "")), str(details.get("Message", ""))
-    return code in _HANDLE_GONE or (code == "InvalidParameterValue" and "ReceiptHandle" in message)
 
 
 class VisibilityHeartbeat:
@@ -32,12 +21,20 @@ class VisibilityHeartbeat:
     hand-back.
     """
 
-    def __init__(self, sqs: Any, queue_url: str, receipt_handle: str, *, extension: int, period: float) -> None:
-        self.sqs = sqs
-        self.queue_url = queue_url
+    def __init__(
+        self,
+        queue: Queue,
+        receipt_handle: str,
+        *,
+        extension: int,
+        period: float,
+        clock: Clock | None = None,
+    ) -> None:
+        self.queue = queue
         self.receipt_handle = receipt_handle
         self.extension = extension
         self.period = period
+        self.clock = clock or SystemClock()
         self.beats = 0
         self.failures = 0
         self.lost = False  # the receipt handle stopped working: the message may be another worker's now
@@ -58,25 +55,21 @@ class VisibilityHeartbeat:
             self._thread.join(timeout=30)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.period):
+        while not self.clock.wait(self._stop, self.period):
             try:
-                self.sqs.change_message_visibility(
-                    QueueUrl=self.queue_url, ReceiptHandle=self.receipt_handle, VisibilityTimeout=self.extension
-                )
+                self.queue.change_visibility(self.receipt_handle, self.extension)
                 self.beats += 1
-            except ClientError as error:
+            except ReceiptHandleGone as error:
+                # Beating again cannot help. The job goes on: if another worker runs it
+                # too, the conditional commit lets only one result set through.
                 self.failures += 1
-                if _handle_gone(error):
-                    # Beating again cannot help. The job goes on: if another worker runs it
-                    # too, the conditional commit lets only one result set through.
-                    self.lost = True
-                    log.error(
-                        "visibility heartbeat: the message is no longer held by this worker (receipt handle "
-                        "not valid); another worker may run the job too, and only one result will be committed",
-                        extra={"error": str(error), "stage": "heartbeat"},
-                    )
-                    return
-                log.warning("visibility heartbeat failed; will try again", extra={"error": str(error)})
+                self.lost = True
+                log.error(
+                    "visibility heartbeat: the message is no longer held by this worker (receipt handle "
+                    "not valid); another worker may run the job too, and only one result will be committed",
+                    extra={"error": str(error), "stage": "heartbeat"},
+                )
+                return
             except Exception as error:  # keep beating: a blip must not end the job
                 self.failures += 1
                 log.warning("visibility heartbeat failed; will try again", extra={"error": str(error)})

@@ -2,13 +2,14 @@
 
 Requests carry frames as raw uint8 ``tensor_content``; several requests are in flight at
 once (gRPC futures) so decoding the next batch overlaps with inference on the last.
+``ModelClient`` is the gRPC adapter behind ``ports.ModelServer``: RPC failures come out of
+it as ServiceError types, like every other adapter's.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import numpy as np
@@ -24,8 +25,9 @@ from framescale.tfserving import (
     pb,
     to_tensor_proto,
 )
-from framescale.worker.errors import PermanentJobError, TransientJobError
+from framescale.worker.errors import PermanentJobError, ServiceError, Unavailable
 from framescale.worker.geometry import Fit
+from framescale.worker.ports import ModelSignature, PredictCall
 
 BOXES, SCORES, CLASSES, NUM = "detection_boxes", "detection_scores", "detection_classes", "num_detections"
 REQUIRED_OUTPUTS = (BOXES, SCORES, CLASSES)
@@ -46,24 +48,49 @@ TRANSIENT_CODES = frozenset(
 )
 
 
-def rpc_error(error: grpc.RpcError, *, what: str) -> TransientJobError | PermanentJobError:
+def rpc_error(error: grpc.RpcError, *, what: str) -> ServiceError:
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = error.details() if hasattr(error, "details") else str(error)
-    text = f"{what} failed: {code.name if code else 'UNKNOWN'}: {details}"
-    if code in TRANSIENT_CODES:
-        return TransientJobError(text, stage="inference")
-    return PermanentJobError(text, stage="inference")
+    detail = f"failed: {code.name if code else 'UNKNOWN'}: {details}"
+    kind = Unavailable if code in TRANSIENT_CODES else ServiceError
+    return kind(what, detail)
 
 
-@dataclass(frozen=True)
-class ModelSignature:
-    input_name: str
-    input_height: int | None  # None when the model accepts any size
-    input_width: int | None
-    version: int | None
+class _GrpcCall:
+    """``ports.PredictCall`` over a gRPC future."""
+
+    def __init__(self, future: grpc.Future, what: str) -> None:
+        self.future = future
+        self.what = what
+
+    def result(self, timeout: float) -> Any:
+        try:
+            return self.future.result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise TimeoutError(self.what) from None
+        except grpc.RpcError as error:
+            raise rpc_error(error, what=self.what) from None
+
+    def cancel(self) -> bool:
+        return bool(self.future.cancel())
+
+
+class FailedCall:
+    """A Predict that failed before it started (the channel was already broken)."""
+
+    def __init__(self, error: ServiceError) -> None:
+        self.error = error
+
+    def result(self, timeout: float) -> Any:
+        raise self.error
+
+    def cancel(self) -> bool:
+        return False
 
 
 class ModelClient:
+    """``ports.ModelServer`` over TF Serving's gRPC API."""
+
     def __init__(
         self,
         target: str,
@@ -153,17 +180,13 @@ class ModelClient:
         to_tensor_proto(frames, out=request.inputs[self.signature().input_name])
         return request
 
-    def submit(self, frames: np.ndarray) -> grpc.Future:
-        """Start a Predict for a batch ``[N, H, W, 3]`` uint8; returns a gRPC future."""
-        return self._predict.Predict.future(self.request(frames), timeout=self.timeout)
-
-    def predict(self, frames: np.ndarray) -> tuple[pb.PredictResponse, float]:
-        started = time.perf_counter()
+    def submit(self, frames: np.ndarray) -> PredictCall:
+        """Start a Predict for a batch ``[N, H, W, 3]`` uint8."""
+        what = f"Predict({self.model_name})"
         try:
-            response = self._predict.Predict(self.request(frames), timeout=self.timeout)
-        except grpc.RpcError as error:
-            raise rpc_error(error, what=f"Predict({self.model_name})") from None
-        return response, time.perf_counter() - started
+            return _GrpcCall(self._predict.Predict.future(self.request(frames), timeout=self.timeout), what)
+        except grpc.RpcError as error:  # raised at once when the channel is already broken
+            return FailedCall(rpc_error(error, what=what))
 
 
 def answered_version(response: pb.PredictResponse) -> int | None:

@@ -1,64 +1,90 @@
 """One job: a video in S3 becomes ordered detections and a summary in S3.
 
-Stages: resolve (HEAD, limits, job id, already done?) → download (streamed to disk) →
-probe → decode + infer (pipelined, bounded memory) → stage the detections → commit and
-finalize (framescale.worker.commit: ``summary.json`` appears last, once, and only when
-``detections.jsonl`` is complete).
+Each stage returns a value: resolve (HEAD, limits, job id) → ``ResolvedJob``; already done?
+(framescale.worker.commit) → a ``CommitResult`` or on; download (streamed to disk) →
+``LocalVideo``; probe + decode + infer (pipelined, bounded memory) → ``InferenceResult``;
+stage the detections → ``Staged``; commit and finalize → ``CommitResult`` (``summary.json``
+appears last, once, and only when ``detections.jsonl`` is complete). The ``JobReport`` is
+assembled once, at the end, from those values; a failure is part of it, as a value.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import enum
 import logging
 import tempfile
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import grpc
 import numpy as np
 
 from framescale import logs, results
 from framescale.messages import JobRequest, S3Location, derive_job_id
-from framescale.worker.commit import ResultStore
-from framescale.worker.errors import JobCancelled, PermanentJobError, TransientJobError
+from framescale.worker.commit import CommitResult, Completion, ResultStore
+from framescale.worker.errors import (
+    AccessDenied,
+    BucketNotFound,
+    JobCancelled,
+    JobError,
+    NotFound,
+    PermanentJobError,
+    ServiceError,
+    TransientJobError,
+    job_error,
+)
 from framescale.worker.geometry import Fit, fit_frame, plan_fit
-from framescale.worker.inference import ModelClient, answered_version, read_detections, rpc_error
-from framescale.worker.retry import RetryPolicy, aws_error
+from framescale.worker.inference import answered_version, read_detections
+from framescale.worker.ports import Clock, ModelServer, ModelSignature, ObjectStore, PredictCall, SystemClock
+from framescale.worker.retry import RetryPolicy
 from framescale.worker.sampling import FrameSampler
 from framescale.worker.settings import WorkerSettings
 from framescale.worker.video import DecodeStats, VideoInfo, open_video, sampled_frames
 
 log = logging.getLogger(__name__)
 
-# The video streams to disk in bounded chunks, never whole into memory.
-DOWNLOAD_CHUNK_BYTES = 1024 * 1024
+T = TypeVar("T")
+
 # How often a wait for a Predict answer looks at the cancel flag (shutdown).
 CANCEL_POLL_SECONDS = 0.2
 
+Frame = tuple[int, int]  # (frame index, pts_ms) of a sampled frame
 
-@dataclass
-class JobReport:
-    """What happened, for the result, the notification, logs and metrics."""
 
-    job_id: str = ""
-    input_url: str = ""
-    output_url: str = ""
-    status: str = "failed"  # succeeded | skipped (already complete) | repaired (a crashed commit finished) | failed
-    frames_decoded: int = 0
-    frames_sampled: int = 0
-    detections: int = 0
-    timings: dict[str, float] = field(default_factory=dict)
-    model_latencies: list[float] = field(default_factory=list)
-    download_failures: int = 0
-    upload_failures: int = 0
-    summary: dict[str, Any] | None = None
-    received: float = field(default_factory=time.perf_counter)  # when the message arrived (perf_counter)
-    input_size: tuple[int, int] | None = None  # (height, width) of the frames sent to the model
-    model_version: int | None = None  # as the Predict answers name it
+class JobStatus(enum.Enum):
+    SUCCEEDED = "succeeded"
+    SKIPPED = "skipped"  # already complete (or another attempt won): results left as they are
+    REPAIRED = "repaired"  # a committed attempt had crashed before publishing; finished without re-running
+    FAILED = "failed"
+
+
+COMPLETED = frozenset({JobStatus.SUCCEEDED, JobStatus.SKIPPED, JobStatus.REPAIRED})
+
+
+class FailureKind(enum.Enum):
+    PERMANENT = "permanent"  # the dead-letter queue
+    TRANSIENT = "transient"  # the message comes back later
+    CANCELLED = "cancelled"  # shutdown: the message is handed back at once
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a job did not complete. A value (it travels to the supervisor's metrics over a pipe)."""
+
+    kind: FailureKind
+    reason: str
+    stage: str
+
+    @classmethod
+    def of(cls, error: JobError | JobCancelled) -> Failure:
+        if isinstance(error, JobCancelled):
+            return cls(FailureKind.CANCELLED, str(error), "shutdown")
+        kind = FailureKind.TRANSIENT if isinstance(error, TransientJobError) else FailureKind.PERMANENT
+        return cls(kind, error.reason, error.stage)
 
 
 @dataclass(frozen=True)
@@ -69,98 +95,226 @@ class ResolvedJob:
     size: int
     output: S3Location  # the job's own folder: <output>/<job_id>/
     sample_fps: float
+    version_id: str | None = None
+
+
+@dataclass(frozen=True)
+class LocalVideo:
+    path: Path
+    size: int
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    video: VideoInfo
+    lines: Path  # detections.jsonl, one line per sampled frame in frame order
+    frames_decoded: int
+    frames_sampled: int
+    detections: int
+    label_counts: dict[str, int]
+    input_size: tuple[int, int]  # (height, width) of the frames sent to the model
+    model_version: int | None  # as the Predict answers name it
+    model_latencies: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class JobReport:
+    """What happened to one job, for the notification, logs and metrics; built once, at the end."""
+
+    input_url: str
+    job_id: str = ""
+    output_url: str = ""
+    status: JobStatus = JobStatus.FAILED
+    failure: Failure | None = None
+    summary: dict[str, Any] | None = None
+    frames_decoded: int = 0
+    frames_sampled: int = 0
+    detections: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+    model_latencies: tuple[float, ...] = ()
+    download_failures: int = 0
+    upload_failures: int = 0
+
+
+class _StageClock:
+    """Per-stage timings and failed-call counts while a job runs (private to JobRunner.run)."""
+
+    def __init__(self, clock: Clock, received: float) -> None:
+        self.clock = clock
+        self.received = received
+        self.timings: dict[str, float] = {}
+        self.download_failures = 0
+        self.upload_failures = 0
+
+    def timed(self, stage: str, operation: Callable[[], T]) -> T:
+        started = self.clock.monotonic()
+        try:
+            return operation()
+        finally:
+            self.timings[stage] = round(self.clock.monotonic() - started, 4)
+
+    def total(self) -> None:
+        self.timings["total"] = round(self.clock.monotonic() - self.received, 4)
+
+    def download_failed(self, _: ServiceError) -> None:
+        self.download_failures += 1
+
+    def upload_failed(self, _: ServiceError) -> None:
+        self.upload_failures += 1
+
+
+@contextlib.contextmanager
+def _stage(name: str) -> Iterator[None]:
+    """What is left of a service's failure, after retries, fails this stage of the job."""
+    try:
+        yield
+    except ServiceError as error:
+        raise job_error(error, stage=name) from error
 
 
 class JobRunner:
     def __init__(
         self,
         settings: WorkerSettings,
-        s3: Any,
-        model: ModelClient,
         *,
+        store: ObjectStore,
+        model: ModelServer,
+        clock: Clock | None = None,
         cancel: threading.Event | None = None,
     ) -> None:
         self.settings = settings
-        self.s3 = s3
+        self.store = store
         self.model = model
+        self.clock = clock or SystemClock()
         self.cancel = cancel or threading.Event()
-        self.cancelled = self.cancel.is_set
         self.retry = RetryPolicy(
             attempts=settings.transient_retries + 1,
             base_seconds=settings.backoff_base_seconds,
             max_seconds=settings.backoff_max_seconds,
+            clock=self.clock,
         )
         settings.work_dir.mkdir(parents=True, exist_ok=True)
 
+    def cancelled(self) -> bool:
+        return self.cancel.is_set()
+
     # ------------------------------------------------------------------ entry
 
-    def run(self, request: JobRequest, report: JobReport) -> JobReport:
-        report.input_url = request.video.url
-        job = self.resolve(request, report)
-        report.job_id = job.job_id
-        report.output_url = job.output.url
-        logs.bind(job_id=job.job_id)
-        log.info("job started", extra={"input": request.video.url, "output": job.output.url, "stage": "resolve"})
-
-        def upload_retried(_: TransientJobError) -> None:
-            report.upload_failures += 1
-
-        store = ResultStore(
-            self.s3, job.output, job.job_id, retry=self.retry, cancel=self.cancel, on_upload_retry=upload_retried
-        )
-        done = store.completed()
-        if done is not None:
-            report.status, report.summary = done
-            if report.status == "skipped":
-                log.info("job already complete; results left as they are", extra={"stage": "resolve"})
-            return report
-        with tempfile.TemporaryDirectory(prefix="job-", dir=self.settings.work_dir) as scratch:
-            folder = Path(scratch)
-            video_path = folder / ("input" + Path(job.request.video.key).suffix[:16])
-            self._timed(report, "download", lambda: self._download(job, video_path, report))
-            self._check_cancel()
-            detections_path = folder / results.DETECTIONS_FILE
-            info, label_counts = self._timed(
-                report, "decode_and_infer", lambda: self._decode_and_infer(job, video_path, detections_path, report)
+    def run(self, request: JobRequest, *, received: float | None = None) -> JobReport:
+        """Run one job; its failure, if any, is in the report (never raised)."""
+        stages = _StageClock(self.clock, self.clock.monotonic() if received is None else received)
+        job: ResolvedJob | None = None
+        done: CommitResult | None = None
+        inference: InferenceResult | None = None
+        failure: Failure | None = None
+        try:
+            job = self.resolve(request)
+            logs.bind(job_id=job.job_id)
+            log.info("job started", extra={"input": request.video.url, "output": job.output.url, "stage": "resolve"})
+            store = ResultStore(
+                self.store,
+                job.output,
+                job.job_id,
+                retry=self.retry,
+                cancel=self.cancel,
+                clock=self.clock,
+                on_failure=stages.upload_failed,
             )
+            with self._output_stage("resolve", job):
+                done = store.completed()
+            if done is not None:
+                if done.status is Completion.SKIPPED:
+                    log.info("job already complete; results left as they are", extra={"stage": "resolve"})
+            else:
+                done, inference = self._work(job, store, stages)
+        except (JobError, JobCancelled) as error:
+            failure = Failure.of(error)
+        return self._report(request, job=job, done=done, inference=inference, failure=failure, stages=stages)
+
+    def _work(self, job: ResolvedJob, store: ResultStore, stages: _StageClock) -> tuple[CommitResult, InferenceResult]:
+        with self._scratch() as folder:
+            video = stages.timed("download", lambda: self.download(job, folder, on_failure=stages.download_failed))
             self._check_cancel()
-            self._timed(report, "upload", lambda: store.stage(detections_path))
-        report.timings["total"] = round(time.perf_counter() - report.received, 4)
-        summary = self._summary(job, info, label_counts, report)
-        report.status, report.summary = self._timed(report, "commit", lambda: store.commit(summary))
-        # From receive to finished commit (the summary above could not include its own commit).
-        report.timings["total"] = round(time.perf_counter() - report.received, 4)
-        return report
+            inference = stages.timed("decode_and_infer", lambda: self.decode_and_infer(job, video, folder))
+            self._check_cancel()
+            with self._output_stage("upload", job):
+                staged = stages.timed("upload", lambda: store.stage(inference.lines))
+        stages.total()
+        summary = self.summary(job, inference, stages.timings)
+        with self._output_stage("commit", job):
+            done = stages.timed("commit", lambda: store.commit(staged, summary))
+        return done, inference
+
+    def _report(
+        self,
+        request: JobRequest,
+        *,
+        job: ResolvedJob | None,
+        done: CommitResult | None,
+        inference: InferenceResult | None,
+        failure: Failure | None,
+        stages: _StageClock,
+    ) -> JobReport:
+        if inference is not None:
+            # From receive to finished commit (the summary could not include its own commit).
+            stages.total()
+        return JobReport(
+            input_url=request.video.url,
+            job_id=job.job_id if job else (request.job_id or ""),
+            output_url=job.output.url if job else "",
+            status=JobStatus(done.status.value) if done is not None and failure is None else JobStatus.FAILED,
+            failure=failure,
+            summary=done.summary if done is not None else None,
+            frames_decoded=inference.frames_decoded if inference else 0,
+            frames_sampled=inference.frames_sampled if inference else 0,
+            detections=inference.detections if inference else 0,
+            timings=dict(stages.timings),
+            model_latencies=inference.model_latencies if inference else (),
+            download_failures=stages.download_failures,
+            upload_failures=stages.upload_failures,
+        )
+
+    @contextlib.contextmanager
+    def _output_stage(self, name: str, job: ResolvedJob) -> Iterator[None]:
+        """A stage that reads or writes the job's results: a missing bucket is named as such."""
+        try:
+            yield
+        except BucketNotFound as error:
+            raise PermanentJobError(
+                f"output bucket {job.output.bucket} does not exist (job {job.job_id} writes to {job.output.url})",
+                stage=name,
+            ) from error
+        except ServiceError as error:
+            raise job_error(error, stage=name) from error
+
+    @contextlib.contextmanager
+    def _scratch(self) -> Iterator[Path]:
+        with tempfile.TemporaryDirectory(prefix="job-", dir=self.settings.work_dir) as folder:
+            yield Path(folder)
 
     # ------------------------------------------------------------------ resolve
 
-    def resolve(self, request: JobRequest, report: JobReport) -> ResolvedJob:
+    def resolve(self, request: JobRequest) -> ResolvedJob:
         video = request.video
-
-        def head() -> dict[str, Any]:
-            return dict(self.s3.head_object(Bucket=video.bucket, Key=video.key))
-
         try:
-            meta = self.retry.call(head, classify=lambda e: aws_error(e, stage="resolve", what=f"HEAD {video.url}"))
-        except PermanentJobError as error:
-            if "404" in error.reason or "NoSuchKey" in error.reason or "Not Found" in error.reason:
-                raise PermanentJobError(f"video not found: {video.url}", stage="resolve") from None
-            if "403" in error.reason or "Forbidden" in error.reason or "AccessDenied" in error.reason:
-                raise PermanentJobError(
-                    f"access denied to {video.url}: grant the worker's role s3:GetObject on it", stage="resolve"
-                ) from None
-            raise
-        size = int(meta.get("ContentLength", 0))
-        etag = str(meta.get("ETag", "")).strip('"')
-        if size == 0:
-            raise PermanentJobError(f"video is empty (0 bytes): {video.url}", stage="resolve")
-        if size > self.settings.max_object_bytes:
+            info = self.retry.call(lambda: self.store.head(video), cancel=self.cancel)
+        except NotFound:
+            raise PermanentJobError(f"video not found: {video.url}", stage="resolve") from None
+        except AccessDenied:
             raise PermanentJobError(
-                f"video is {size} bytes, over the limit of {self.settings.max_object_bytes} "
+                f"access denied to {video.url}: grant the worker's role s3:GetObject on it", stage="resolve"
+            ) from None
+        except ServiceError as error:
+            raise job_error(error, stage="resolve") from error
+        if info.size == 0:
+            raise PermanentJobError(f"video is empty (0 bytes): {video.url}", stage="resolve")
+        if info.size > self.settings.max_object_bytes:
+            raise PermanentJobError(
+                f"video is {info.size} bytes, over the limit of {self.settings.max_object_bytes} "
                 "(FRAMESCALE_WORKER_MAX_OBJECT_BYTES)",
                 stage="resolve",
             )
-        job_id = request.job_id or derive_job_id(video, etag or str(size))
+        job_id = request.job_id or derive_job_id(video, info.etag or str(info.size))
         base = request.output
         if base is None:
             if self.settings.output is None:
@@ -170,101 +324,105 @@ class JobRunner:
             bucket, _, prefix = self.settings.output[len("s3://") :].partition("/")
             base = S3Location(bucket, prefix if not prefix or prefix.endswith("/") else prefix + "/")
         sample_fps = request.sample_fps or self.settings.sample_fps
-        return ResolvedJob(request, job_id, etag, size, base.child(job_id, ""), sample_fps)
+        return ResolvedJob(request, job_id, info.etag, info.size, base.child(job_id, ""), sample_fps)
 
     # ------------------------------------------------------------------ download
 
-    def _download(self, job: ResolvedJob, path: Path, report: JobReport) -> None:
+    def download(
+        self, job: ResolvedJob, folder: Path, *, on_failure: Callable[[ServiceError], None] | None = None
+    ) -> LocalVideo:
+        """The video on local disk. The ETag pins the object version the job id was derived
+        from: if the object is replaced mid-job, the GET fails and the retry resolves the new one."""
         video = job.request.video
-        # If-Match pins the object version the job id was derived from: if the object is
-        # replaced mid-job, the GET fails (412) and the retry resolves the new version.
-        condition = {"IfMatch": f'"{job.etag}"'} if job.etag else {}
-
-        def fetch() -> None:
-            body = self.s3.get_object(Bucket=video.bucket, Key=video.key, **condition)["Body"]
-            try:
-                with path.open("wb") as out:
-                    for chunk in body.iter_chunks(DOWNLOAD_CHUNK_BYTES):
-                        out.write(chunk)
-                        if self.cancelled():
-                            raise JobCancelled("shutdown: job handed back during download")
-            finally:
-                body.close()
-
-        def failed(_: TransientJobError) -> None:
-            report.download_failures += 1
-
-        try:
+        path = folder / ("input" + Path(video.key).suffix[:16])
+        with _stage("download"):
             self.retry.call(
-                fetch,
-                classify=lambda e: aws_error(e, stage="download", what=f"GET {video.url}"),
+                lambda: self.store.download(
+                    video, path, etag=job.etag or None, version_id=job.version_id, should_stop=self.cancelled
+                ),
                 cancel=self.cancel,
-                on_retry=failed,
+                on_failure=on_failure,
             )
-        except TransientJobError:
-            report.download_failures += 1
-            raise
+        return LocalVideo(path, path.stat().st_size)
 
     # ------------------------------------------------------------------ decode + infer
 
-    def _input_size(self, info: VideoInfo) -> tuple[int, int]:
+    def model_signature(self) -> ModelSignature:
+        with _stage("model"):
+            return self.retry.call(self.model.signature, cancel=self.cancel)
+
+    def input_size(self) -> tuple[int, int]:
+        """(height, width) of the frames the model takes: its signature's, else the configured side."""
         signature = self.model_signature()
         side = self.settings.input_size
         return signature.input_height or side, signature.input_width or side
 
-    def model_signature(self) -> Any:
-        return self.retry.call(
-            self.model.signature,
-            classify=lambda e: (
-                rpc_error(e, what="GetModelMetadata")
-                if isinstance(e, grpc.RpcError)
-                else TransientJobError(str(e), stage="model")
-            ),
-            cancel=self.cancel,
-        )
-
-    def _decode_and_infer(
-        self, job: ResolvedJob, video_path: Path, detections_path: Path, report: JobReport
-    ) -> tuple[VideoInfo, dict[str, int]]:
-        capture, info = open_video(video_path)
+    def decode_and_infer(self, job: ResolvedJob, video: LocalVideo, folder: Path) -> InferenceResult:
+        capture, info = open_video(video.path)
         try:
             self._check_limits(info)
-            height, width = self._input_size(info)
-            report.input_size = (height, width)
+            height, width = self.input_size()
             fit = plan_fit(info.height, info.width, height, width, self.settings.resize_mode)
-            sampler = FrameSampler(info.fps, job.sample_fps)
             stats = DecodeStats()
-            counts: dict[str, int] = collections.Counter()
-            with detections_path.open("w", encoding="utf-8") as out:
-                pipeline = _InferencePipeline(self, fit, out, counts, report)
-                batch = np.empty((self.settings.batch_size, height, width, 3), dtype=np.uint8)
-                meta: list[tuple[int, int]] = []
-                frames = sampled_frames(
-                    capture,
-                    info,
-                    sampler,
-                    stats,
-                    max_bad_ratio=self.settings.max_bad_frame_ratio,
-                    should_stop=self.cancelled,
-                    max_seconds=self.settings.max_duration_seconds,
-                )
-                for index, pts_ms, frame in frames:
-                    fit_frame(frame, fit, batch[len(meta)])
-                    meta.append((index, pts_ms))
-                    if len(meta) == self.settings.batch_size:
-                        pipeline.submit(batch, meta)
-                        batch = np.empty_like(batch)
-                        meta = []
-                self._check_cancel()
-                if meta:
-                    pipeline.submit(batch[: len(meta)], meta)
-                pipeline.drain()
+            frames = sampled_frames(
+                capture,
+                info,
+                FrameSampler(info.fps, job.sample_fps),
+                stats,
+                max_bad_ratio=self.settings.max_bad_frame_ratio,
+                should_stop=self.cancelled,
+                max_seconds=self.settings.max_duration_seconds,
+            )
+            pipeline = PredictPipeline(
+                self.model,
+                fit=fit,
+                labels=self.settings.labels,
+                score_threshold=self.settings.score_threshold,
+                max_detections=self.settings.max_detections,
+                max_in_flight=self.settings.max_in_flight,
+                retry=self.retry,
+                cancel=self.cancel,
+                clock=self.clock,
+            )
+            counts: collections.Counter[str] = collections.Counter()
+            detections = 0
+            lines = folder / results.DETECTIONS_FILE
+            with lines.open("w", encoding="utf-8") as out:
+                for (index, pts_ms), found in pipeline.run(self._batches(frames, fit, height, width)):
+                    out.write(results.frame_line(index, pts_ms, found))
+                    counts.update(detection.label for detection in found)
+                    detections += len(found)
         finally:
             capture.release()
-        report.frames_decoded = stats.decoded
-        report.frames_sampled = stats.sampled
-        info = VideoInfo(info.width, info.height, info.fps, max(info.frame_count, stats.decoded), info.codec)
-        return info, dict(counts)
+        return InferenceResult(
+            video=VideoInfo(info.width, info.height, info.fps, max(info.frame_count, stats.decoded), info.codec),
+            lines=lines,
+            frames_decoded=stats.decoded,
+            frames_sampled=stats.sampled,
+            detections=detections,
+            label_counts=dict(counts),
+            input_size=(height, width),
+            model_version=pipeline.version,
+            model_latencies=tuple(pipeline.latencies),
+        )
+
+    def _batches(
+        self, frames: Iterable[tuple[int, int, np.ndarray]], fit: Fit, height: int, width: int
+    ) -> Iterator[tuple[np.ndarray, list[Frame]]]:
+        """Sampled frames, fitted to the model input, in batches of ``batch_size``."""
+        size = self.settings.batch_size
+        batch = np.empty((size, height, width, 3), dtype=np.uint8)
+        meta: list[Frame] = []
+        for index, pts_ms, frame in frames:
+            fit_frame(frame, fit, batch[len(meta)])
+            meta.append((index, pts_ms))
+            if len(meta) == size:
+                yield batch, meta
+                batch = np.empty_like(batch)  # the last one may still be in flight
+                meta = []
+        self._check_cancel()
+        if meta:
+            yield batch[: len(meta)], meta
 
     def _check_limits(self, info: VideoInfo) -> None:
         if info.width * info.height > self.settings.max_pixels:
@@ -286,145 +444,120 @@ class JobRunner:
 
     # ------------------------------------------------------------------ summary
 
-    def _summary(
-        self, job: ResolvedJob, info: VideoInfo, label_counts: dict[str, int], report: JobReport
-    ) -> dict[str, Any]:
+    def summary(self, job: ResolvedJob, inference: InferenceResult, timings: dict[str, float]) -> dict[str, Any]:
         signature = self.model_signature()
-        return {
-            "format_version": results.RESULT_FORMAT_VERSION,
-            "job_id": job.job_id,
-            "status": "succeeded",
-            "input": {"url": job.request.video.url, "etag": job.etag, "bytes": job.size},
-            "output": {
-                "detections": job.output.child(results.DETECTIONS_FILE).url,
-                "summary": job.output.child(results.SUMMARY_FILE).url,
-            },
-            "model": {
+        return results.job_summary(
+            job_id=job.job_id,
+            input={"url": job.request.video.url, "etag": job.etag, "bytes": job.size},
+            output=job.output,
+            model={
                 "name": self.model.model_name,
                 # The version that answered, not merely the one the metadata named before.
-                "version": report.model_version if report.model_version is not None else signature.version,
+                "version": inference.model_version if inference.model_version is not None else signature.version,
                 "signature": self.model.signature_name,
-                "input_size": list(report.input_size) if report.input_size else None,
+                "input_size": list(inference.input_size),
                 "resize_mode": self.settings.resize_mode,
                 "score_threshold": self.settings.score_threshold,
             },
-            "video": info.as_json(),
-            "frames": {
-                "decoded": report.frames_decoded,
-                "sampled": report.frames_sampled,
+            video=inference.video.as_json(),
+            frames={
+                "decoded": inference.frames_decoded,
+                "sampled": inference.frames_sampled,
                 "sample_fps": job.sample_fps,
             },
-            "detections": report.detections,
-            "label_counts": dict(sorted(label_counts.items())),
-            "timings_seconds": dict(report.timings),
-            "model_calls": len(report.model_latencies),
-            "completed_at": results.utc_now_iso(),
-        }
-
-    def _timed(self, report: JobReport, stage: str, operation: Callable[[], Any]) -> Any:
-        started = time.perf_counter()
-        try:
-            return operation()
-        finally:
-            report.timings[stage] = round(time.perf_counter() - started, 4)
-
-
-class _InferencePipeline:
-    """Keeps up to ``max_in_flight`` Predict calls running; writes their lines in frame order."""
-
-    def __init__(self, runner: JobRunner, fit: Fit, out: Any, counts: dict[str, int], report: JobReport) -> None:
-        self.runner = runner
-        self.fit = fit
-        self.out = out
-        self.counts = counts
-        self.report = report
-        self.pending: collections.deque[tuple[grpc.Future, np.ndarray, list[tuple[int, int]], float]] = (
-            collections.deque()
+            detections=inference.detections,
+            label_counts=inference.label_counts,
+            timings=timings,
+            model_calls=len(inference.model_latencies),
         )
 
-    def submit(self, batch: np.ndarray, meta: list[tuple[int, int]]) -> None:
-        while len(self.pending) >= self.runner.settings.max_in_flight:
-            self._complete_oldest()
-        try:
-            future = self.runner.model.submit(batch)
-        except grpc.RpcError as error:  # raised at once when the channel is already broken
-            future = _FailedFuture(error)
-        self.pending.append((future, batch, meta, time.perf_counter()))
 
-    def drain(self) -> None:
-        while self.pending:
-            self._complete_oldest()
+class PredictPipeline:
+    """Keeps up to ``max_in_flight`` Predict calls running and yields ``(frame, detections)`` in frame order.
 
-    def _complete_oldest(self) -> None:
-        future, batch, meta, started = self.pending.popleft()
-        try:
-            response = self._await(future)
-            latency = time.perf_counter() - started
-        except grpc.RpcError as error:
-            failure = rpc_error(error, what="Predict")
-            if isinstance(failure, PermanentJobError):
-                raise failure from None
-            # Retry this batch on its own, in order; later batches wait behind it.
-            log.warning("Predict failed, retrying batch", extra={"reason": failure.reason, "stage": "inference"})
-            response, latency = self.runner.retry.call(
-                lambda: self._predict(batch),
-                classify=lambda e: (
-                    rpc_error(e, what="Predict")
-                    if isinstance(e, grpc.RpcError)
-                    else TransientJobError(str(e), stage="inference")
-                ),
-                cancel=self.runner.cancel,
-            )
-        self.report.model_latencies.append(latency)
+    A batch whose call fails transiently is retried on its own, in order; the batches behind
+    it wait. ``latencies`` and ``version`` say how the calls went.
+    """
+
+    def __init__(
+        self,
+        model: ModelServer,
+        *,
+        fit: Fit,
+        labels: dict[int, str],
+        score_threshold: float,
+        max_detections: int,
+        max_in_flight: int,
+        retry: RetryPolicy,
+        cancel: threading.Event,
+        clock: Clock,
+    ) -> None:
+        self.model = model
+        self.fit = fit
+        self.labels = labels
+        self.score_threshold = score_threshold
+        self.max_detections = max_detections
+        self.max_in_flight = max_in_flight
+        self.retry = retry
+        self.cancel = cancel
+        self.clock = clock
+        self.latencies: list[float] = []
+        self.version: int | None = None
+
+    def run(self, batches: Iterable[tuple[np.ndarray, list[Frame]]]) -> Iterator[tuple[Frame, list[results.Detection]]]:
+        pending: collections.deque[tuple[PredictCall, np.ndarray, list[Frame], float]] = collections.deque()
+        for batch, frames in batches:
+            while len(pending) >= self.max_in_flight:
+                yield from self._complete(*pending.popleft())
+            pending.append((self.model.submit(batch), batch, frames, self.clock.monotonic()))
+        while pending:
+            yield from self._complete(*pending.popleft())
+
+    def _complete(
+        self, call: PredictCall, batch: np.ndarray, frames: list[Frame], started: float
+    ) -> Iterator[tuple[Frame, list[results.Detection]]]:
+        with _stage("inference"):
+            try:
+                response = self._await(call)
+                latency = self.clock.monotonic() - started
+            except ServiceError as error:
+                if not error.transient:
+                    raise
+                # Retry this batch on its own, in order; later batches wait behind it.
+                log.warning("Predict failed, retrying batch", extra={"reason": str(error), "stage": "inference"})
+                response, latency = self.retry.call(lambda: self._predict(batch), cancel=self.cancel)
+        self.latencies.append(latency)
         self._note_version(response)
-        settings = self.runner.settings
         per_frame = read_detections(
             response,
-            [self.fit] * len(meta),
-            settings.labels,
-            score_threshold=settings.score_threshold,
-            max_detections=settings.max_detections,
+            [self.fit] * len(frames),
+            self.labels,
+            score_threshold=self.score_threshold,
+            max_detections=self.max_detections,
         )
-        for (index, pts_ms), detections in zip(meta, per_frame, strict=True):
-            self.out.write(results.frame_line(index, pts_ms, detections))
-            for detection in detections:
-                self.counts[detection.label] = self.counts.get(detection.label, 0) + 1
-            self.report.detections += len(detections)
+        yield from zip(frames, per_frame, strict=True)
 
     def _predict(self, batch: np.ndarray) -> tuple[Any, float]:
-        started = time.perf_counter()
-        return self._await(self.runner.model.submit(batch)), time.perf_counter() - started
+        started = self.clock.monotonic()
+        return self._await(self.model.submit(batch)), self.clock.monotonic() - started
 
-    def _await(self, future: Any) -> Any:
+    def _await(self, call: PredictCall) -> Any:
         """The answer to a Predict; a shutdown stops the wait within CANCEL_POLL_SECONDS, not the RPC timeout."""
         while True:
             try:
-                return future.result(timeout=CANCEL_POLL_SECONDS)
-            except grpc.FutureTimeoutError:
-                if self.runner.cancelled():
-                    future.cancel()
+                return call.result(timeout=CANCEL_POLL_SECONDS)
+            except TimeoutError:
+                if self.cancel.is_set():
+                    call.cancel()
                     raise JobCancelled("shutdown: job handed back during inference") from None
 
     def _note_version(self, response: Any) -> None:
         version = answered_version(response)
         if version is None:
             return
-        if self.report.model_version not in (None, version):
+        if self.version not in (None, version):
             log.warning(
                 "the model version changed during the job; the summary names the last one",
-                extra={"from_version": self.report.model_version, "to_version": version, "stage": "inference"},
+                extra={"from_version": self.version, "to_version": version, "stage": "inference"},
             )
-        self.report.model_version = version
-
-
-class _FailedFuture:
-    """A Predict that failed before it started; answers like a failed gRPC future."""
-
-    def __init__(self, error: grpc.RpcError) -> None:
-        self.error = error
-
-    def result(self, timeout: float | None = None) -> Any:
-        raise self.error
-
-    def cancel(self) -> bool:
-        return False
+        self.version = version

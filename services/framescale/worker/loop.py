@@ -1,28 +1,29 @@
 """One slot: receive a message, run its jobs, then delete, dead-letter or hand it back.
 
-``SlotWorker.handle(message)`` is the whole loop body and returns a MessageOutcome, so a
-test can drive it message by message; ``run()`` repeats it until asked to stop. The jobs
-run first, with the visibility heartbeat going; what becomes of the message is settled
-only after the heartbeat has stopped, so no late beat can undo a hand-back.
+``SlotWorker.handle(message)`` is the whole loop body and returns what became of the
+message; ``run()`` repeats it until asked to stop. The jobs run first, with the visibility
+heartbeat going; what should become of the message is decided once from their reports
+(``decide``, a pure function) and acted on only after the heartbeat has stopped, so no late
+beat can undo a hand-back. Acting never rewrites the decision: a permanent failure whose
+dead-lettering fails is still counted as permanent, and the settlement says what was done.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from framescale import logs, names
-from framescale.messages import InvalidMessage, ParsedMessage, parse_message
-from framescale.worker.errors import JobCancelled, PermanentJobError, TransientJobError
+from framescale.messages import InvalidMessage, parse_message
 from framescale.worker.gate import JobGate, SlotGate
 from framescale.worker.heartbeat import VisibilityHeartbeat
-from framescale.worker.inference import ModelClient
-from framescale.worker.job import JobReport, JobRunner
+from framescale.worker.job import COMPLETED, Failure, FailureKind, JobReport, JobRunner
 from framescale.worker.notify import Notifier
+from framescale.worker.ports import Clock, ModelServer, ObjectStore, Publisher, Queue, QueueMessage, SystemClock
 from framescale.worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -36,20 +37,76 @@ MODEL_WAIT_SECONDS = 1.0
 # only be handed back, and each hand-back spends one of its receives toward the dead-letter queue.
 GATE_WAIT_SECONDS = 0.2
 FENCED_REASON = "the node takes no new job (drain, no admission, or Lease not renewed)"
-COMPLETED = frozenset({"succeeded", "skipped", "repaired"})
+RECEIVE_RETRY_SECONDS = 2.0
+NOT_READY_LOG_SECONDS = 30.0
+# SQS allows 10 attributes per message; the failure's own come first.
+MAX_MESSAGE_ATTRIBUTES = 10
+MAX_REASON_ATTRIBUTE_CHARS = 2000
 
 
-@dataclass
+class Action(enum.Enum):
+    """What should become of a message. The values are the metric's ``outcome`` label."""
+
+    DELETE = "deleted"  # its jobs are done
+    DEAD_LETTER = "dead_lettered"  # a permanent failure: the dead-letter queue, an error notification
+    RETRY_LATER = "retry_later"  # a transient failure: visible again after the retry delay
+    HAND_BACK = "handed_back"  # shutdown: visible again at once
+    IGNORE = "ignored"  # valid, asks for nothing (an S3 test event): deleted
+
+
+@dataclass(frozen=True)
 class MessageOutcome:
-    """What became of one SQS message."""
+    """What should become of one message, decided once from its jobs' reports."""
 
-    action: str  # deleted | dead_lettered | retry_later | handed_back | ignored
+    action: Action
     reason: str | None = None
     stage: str | None = None
-    reports: list[JobReport] = field(default_factory=list)
-    receive_count: int = 0
-    failed: JobReport | None = None  # dead_lettered: the job the error notification is about
-    delay: int = 0  # retry_later: seconds until the message is seen again
+    reports: tuple[JobReport, ...] = ()
+    receive_count: int = 1
+    failed: tuple[JobReport, ...] = ()  # dead-letter: the jobs the error notifications are about
+
+
+class Disposition(enum.Enum):
+    """What was done with the message."""
+
+    DELETED = "deleted"
+    DEAD_LETTERED = "dead_lettered"
+    DELAYED = "delayed"  # visibility set to the retry delay (also when dead-lettering failed)
+    HANDED_BACK = "handed_back"  # visibility 0
+    LEFT = "left"  # the call failed: the message comes back when its visibility runs out
+
+
+@dataclass(frozen=True)
+class Settlement:
+    disposition: Disposition
+    delay: int = 0  # seconds until the message is seen again (DELAYED)
+
+
+@dataclass(frozen=True)
+class Handled:
+    outcome: MessageOutcome
+    settlement: Settlement
+
+
+def decide(reports: Sequence[JobReport], *, receive_count: int) -> MessageOutcome:
+    """What should become of a message whose jobs ended as ``reports`` (the failing one last)."""
+    failures = [(report, report.failure) for report in reports if report.failure is not None]
+    if not failures:
+        return MessageOutcome(Action.DELETE, reports=tuple(reports), receive_count=receive_count)
+    report, failure = failures[-1]
+    action = {
+        FailureKind.CANCELLED: Action.HAND_BACK,
+        FailureKind.TRANSIENT: Action.RETRY_LATER,
+        FailureKind.PERMANENT: Action.DEAD_LETTER,
+    }[failure.kind]
+    return MessageOutcome(
+        action,
+        reason=failure.reason,
+        stage=failure.stage if failure.kind is not FailureKind.CANCELLED else None,
+        reports=tuple(reports),
+        receive_count=receive_count,
+        failed=(report,) if action is Action.DEAD_LETTER else (),
+    )
 
 
 class SlotWorker:
@@ -57,56 +114,67 @@ class SlotWorker:
         self,
         settings: WorkerSettings,
         *,
-        sqs: Any,
-        s3: Any,
-        sns: Any,
-        model: ModelClient,
-        dead_letter_queue_url: str,
+        queue: Queue,
+        dead_letters: Queue,
+        store: ObjectStore,
+        publisher: Publisher,
+        model: ModelServer,
+        clock: Clock | None = None,
         events: EventSink = lambda event: None,
         stopping: threading.Event | None = None,
         cancel: threading.Event | None = None,
+        orphaned: Callable[[], bool] = lambda: False,
         gate: SlotGate | None = None,
     ) -> None:
         self.settings = settings
-        self.sqs = sqs
-        self.dead_letter_queue_url = dead_letter_queue_url
+        self.queue = queue
+        self.dead_letters = dead_letters
+        self.model = model
+        self.clock = clock or SystemClock()
         self.events = events
         self.stopping = stopping or threading.Event()  # stop taking new messages
         self.cancel = cancel or threading.Event()  # give up the job in hand
+        self.orphaned = orphaned  # True once the supervisor is gone: take no more jobs
         # Whether this node may start a job now, checked atomically with the start (gate.py).
         self.gate = gate or _always_open()
-        self.notifier = Notifier(sns, settings.success_topic_arn, settings.error_topic_arn)
-        self.runner = JobRunner(settings, s3, model, cancel=self.cancel)
+        self.notifier = Notifier(publisher, settings.success_topic_arn, settings.error_topic_arn)
+        self.runner = JobRunner(settings, store=store, model=model, clock=self.clock, cancel=self.cancel)
         self.in_job = False  # from just before a message's stopping check until it is settled
         self.receiving = False  # only while blocked in the long poll
         self._ready_checked = -READY_CACHE_SECONDS
-        self._ready_logged = -60.0
+        self._ready_logged = -NOT_READY_LOG_SECONDS
 
     # ------------------------------------------------------------------ loop
 
     def run(self) -> None:
-        while not self.stopping.is_set():
+        while not self._should_stop():
             # Take no job the model server cannot serve yet (it may still be loading the
             # model): the message would only come back later.
             if not self.model_ready():
-                self.stopping.wait(MODEL_WAIT_SECONDS)
+                self.clock.wait(self.stopping, MODEL_WAIT_SECONDS)
                 continue
             if not self.gate.is_open():
-                self.stopping.wait(GATE_WAIT_SECONDS)
+                self.clock.wait(self.stopping, GATE_WAIT_SECONDS)
                 continue
             messages = self.receive()
-            received = time.perf_counter()
+            received = self.clock.monotonic()
             for message in messages:
                 self.handle(message, received=received)
 
+    def _should_stop(self) -> bool:
+        if not self.stopping.is_set() and self.orphaned():
+            log.error("the supervisor is gone; this slot takes no more jobs and stops")
+            self.stopping.set()
+        return self.stopping.is_set()
+
     def model_ready(self) -> bool:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if now - self._ready_checked < READY_CACHE_SECONDS:
             return True
-        if self.runner.model.ready():
+        if self.model.ready():
             self._ready_checked = now
             return True
-        if now - self._ready_logged > 30:
+        if now - self._ready_logged > NOT_READY_LOG_SECONDS:
             log.warning(
                 "model not available yet; not taking jobs",
                 extra={"model": self.settings.model_name, "model_server": self.settings.model_server},
@@ -114,44 +182,42 @@ class SlotWorker:
             self._ready_logged = now
         return False
 
-    def receive(self) -> list[dict[str, Any]]:
+    def receive(self) -> list[QueueMessage]:
         # A shutdown signal may interrupt this wait and only this one: once a message is in
         # hand it must be settled (at least handed back), never dropped.
         self.receiving = True
         try:
-            response = self.sqs.receive_message(
-                QueueUrl=self.settings.queue_url,
-                MaxNumberOfMessages=1,
-                WaitTimeSeconds=self.settings.wait_time_seconds,
-                VisibilityTimeout=self.settings.visibility_timeout_seconds,
-                MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
-                MessageAttributeNames=["All"],
+            return self.queue.receive(
+                wait_seconds=self.settings.wait_time_seconds,
+                visibility_seconds=self.settings.visibility_timeout_seconds,
             )
         except Exception as error:
             log.warning("receive failed; retrying shortly", extra={"error": str(error), "stage": "receive"})
-            self.stopping.wait(2.0)
+            self.clock.wait(self.stopping, RECEIVE_RETRY_SECONDS)
             return []
         finally:
             self.receiving = False
-        return list(response.get("Messages", []))
 
     # ------------------------------------------------------------------ one message
 
-    def handle(self, message: dict[str, Any], *, received: float | None = None) -> MessageOutcome:
-        received = received if received is not None else time.perf_counter()
-        attributes = message.get("Attributes", {})
-        receive_count = int(attributes.get("ApproximateReceiveCount", "1"))
-        sent_ms = int(attributes.get("SentTimestamp", "0") or 0)
-        with logs.scope(message_id=message.get("MessageId"), receive_count=receive_count):
+    def handle(self, message: QueueMessage, *, received: float | None = None) -> Handled:
+        received = received if received is not None else self.clock.monotonic()
+        with logs.scope(message_id=message.message_id, receive_count=message.receive_count):
             # In a job before the stopping check: a signal from here on gets the grace period.
             self.in_job = True
             started = False
             try:
-                if self.stopping.is_set():
-                    outcome = MessageOutcome("handed_back", reason="shutting down before the job started")
+                if self._should_stop():
+                    outcome = MessageOutcome(
+                        Action.HAND_BACK,
+                        reason="shutting down before the job started",
+                        receive_count=message.receive_count,
+                    )
                 elif not self.gate.try_start():
                     # A long poll that was under way when the gate shut: hand its message back now.
-                    outcome = MessageOutcome("handed_back", reason=FENCED_REASON)
+                    outcome = MessageOutcome(
+                        Action.HAND_BACK, reason=FENCED_REASON, receive_count=message.receive_count
+                    )
                     self.events({"type": "fenced_hand_back"})
                 else:
                     started = True
@@ -159,61 +225,69 @@ class SlotWorker:
                         {
                             "type": "job_started",
                             # For the supervisor to hand the message back if it must kill this slot.
-                            "receipt_handle": message["ReceiptHandle"],
-                            "message_id": message.get("MessageId"),
-                            "time_in_backlog": max(0.0, time.time() - sent_ms / 1000) if sent_ms else None,
+                            "receipt_handle": message.receipt_handle,
+                            "message_id": message.message_id,
+                            "time_in_backlog": (
+                                max(0.0, self.clock.time() - message.sent_at) if message.sent_at else None
+                            ),
                         }
                     )
                     log.info("message received", extra={"stage": "receive"})
                     with VisibilityHeartbeat(
-                        self.sqs,
-                        self.settings.queue_url,
-                        message["ReceiptHandle"],
+                        self.queue,
+                        message.receipt_handle,
                         extension=self.settings.visibility_timeout_seconds,
                         period=self.settings.heartbeat_period,
+                        clock=self.clock,
                     ):
                         outcome = self._process(message, received)
-                outcome.receive_count = receive_count
-                self._settle(message, outcome)
-                log.info("message settled", extra={"action": outcome.action, "stage": "settle"})
+                settlement = self._settle(message, outcome)
+                log.info(
+                    "message settled",
+                    extra={
+                        "action": outcome.action.value,
+                        "disposition": settlement.disposition.value,
+                        "stage": "settle",
+                    },
+                )
             finally:
                 if started:  # counted as in hand until its message is settled
                     self.gate.finish()
                 self.in_job = False
-        self.events({"type": "job_finished", "outcome": outcome})
-        return outcome
+        self.events({"type": "job_finished", "outcome": outcome, "settlement": settlement})
+        return Handled(outcome, settlement)
 
-    def _process(self, message: dict[str, Any], received: float) -> MessageOutcome:
-        """Run the message's jobs; say what should become of the message, but do not do it yet."""
+    def _process(self, message: QueueMessage, received: float) -> MessageOutcome:
+        """Run the message's jobs and decide what should become of the message (without doing it)."""
         try:
-            parsed: ParsedMessage = parse_message(message.get("Body", ""))
+            parsed = parse_message(message.body)
         except InvalidMessage as error:
-            failed = JobReport(job_id=message.get("MessageId", ""))
-            return MessageOutcome("dead_lettered", reason=str(error), stage="parse", failed=failed)
+            failed = JobReport(
+                input_url="", job_id=message.message_id, failure=Failure(FailureKind.PERMANENT, str(error), "parse")
+            )
+            return decide([failed], receive_count=message.receive_count)
         if parsed.ignored_reason:
-            return MessageOutcome("ignored", reason=parsed.ignored_reason)
+            return MessageOutcome(Action.IGNORE, reason=parsed.ignored_reason, receive_count=message.receive_count)
         reports: list[JobReport] = []
         for request in parsed.jobs:
-            report = JobReport(input_url=request.video.url, received=received)
-            reports.append(report)
             logs.bind(job_id=request.job_id)  # None until resolved, for S3 events
             try:
-                self.runner.run(request, report)
-            except JobCancelled as error:
-                return MessageOutcome("handed_back", reason=str(error), reports=reports)
-            except TransientJobError as error:
-                return MessageOutcome("retry_later", reason=error.reason, stage=error.stage, reports=reports)
-            except PermanentJobError as error:
-                report.job_id = report.job_id or request.job_id or message.get("MessageId", "")
-                return MessageOutcome(
-                    "dead_lettered", reason=error.reason, stage=error.stage, reports=reports, failed=report
-                )
+                report = self.runner.run(request, received=received)
             except Exception as error:  # a bug of ours: hand it back; redrive bounds the retries
                 log.exception("unexpected error in job", extra={"stage": "job"})
                 reason = f"unexpected {type(error).__name__}: {error}"
-                return MessageOutcome("retry_later", reason=reason, stage="job", reports=reports)
+                report = JobReport(
+                    input_url=request.video.url,
+                    job_id=request.job_id or "",
+                    failure=Failure(FailureKind.TRANSIENT, reason, "job"),
+                )
+            if report.failure is not None and not report.job_id:
+                report = _with_job_id(report, request.job_id or message.message_id)
+            reports.append(report)
+            if report.failure is not None:
+                break
             log.info(
-                "job " + report.status,
+                "job " + report.status.value,
                 extra={
                     "stage": "done",
                     "frames_sampled": report.frames_sampled,
@@ -221,24 +295,22 @@ class SlotWorker:
                     "timings": report.timings,
                 },
             )
-        return MessageOutcome("deleted", reports=reports)
+        return decide(reports, receive_count=message.receive_count)
 
     # ------------------------------------------------------------------ dispositions
 
-    def _settle(self, message: dict[str, Any], outcome: MessageOutcome) -> None:
+    def _settle(self, message: QueueMessage, outcome: MessageOutcome) -> Settlement:
         """Act on the outcome: notify, then delete, dead-letter or change the message's visibility."""
-        if outcome.action == "handed_back":
-            self._change_visibility(message, 0)
+        if outcome.action is Action.HAND_BACK:
             log.info("message handed back", extra={"reason": outcome.reason})
-            return
-        if outcome.action == "retry_later":
-            outcome.delay = self.settings.retry_delay(outcome.receive_count)
-            self._change_visibility(message, outcome.delay)
+            return self._change_visibility(message, 0, Disposition.HANDED_BACK)
+        if outcome.action is Action.RETRY_LATER:
+            delay = self.settings.retry_delay(outcome.receive_count)
             log.warning(
                 "transient failure; message will be retried",
-                extra={"reason": outcome.reason, "stage": outcome.stage, "delay": outcome.delay},
+                extra={"reason": outcome.reason, "stage": outcome.stage, "delay": delay},
             )
-            return
+            return self._change_visibility(message, delay, Disposition.DELAYED, delay=delay)
         # Jobs that finished before a later record of the same message failed are done:
         # their notifications go out whatever becomes of the message.
         for report in outcome.reports:
@@ -249,70 +321,64 @@ class SlotWorker:
                     output_url=report.output_url,
                     summary=report.summary,
                 )
-        if outcome.action == "dead_lettered" and not self._dead_letter(message, outcome):
-            return
-        self._delete(message)
+        if outcome.action is Action.DEAD_LETTER:
+            return self._dead_letter(message, outcome)
+        return self._delete(message)
 
-    def _delete(self, message: dict[str, Any]) -> None:
+    def _delete(self, message: QueueMessage, disposition: Disposition = Disposition.DELETED) -> Settlement:
         try:
-            self.sqs.delete_message(QueueUrl=self.settings.queue_url, ReceiptHandle=message["ReceiptHandle"])
+            self.queue.delete(message.receipt_handle)
         except Exception as error:
             # The results are committed: the message comes back and is found complete.
             log.error(
                 "could not delete the message; it will come back and be skipped as already done",
                 extra={"error": str(error), "stage": "delete"},
             )
+            return Settlement(Disposition.LEFT)
+        return Settlement(disposition)
 
-    def _change_visibility(self, message: dict[str, Any], seconds: int) -> None:
+    def _change_visibility(
+        self, message: QueueMessage, seconds: int, disposition: Disposition, *, delay: int = 0
+    ) -> Settlement:
         try:
-            self.sqs.change_message_visibility(
-                QueueUrl=self.settings.queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=seconds
-            )
+            self.queue.change_visibility(message.receipt_handle, seconds)
         except Exception as error:
             # The message still comes back when its current visibility runs out.
             log.warning("could not change visibility", extra={"error": str(error), "visibility": seconds})
+            return Settlement(Disposition.LEFT)
+        return Settlement(disposition, delay)
 
-    def _dead_letter(self, message: dict[str, Any], outcome: MessageOutcome) -> bool:
-        """Move the message to the dead-letter queue; False (and retry later) when that fails."""
+    def _dead_letter(self, message: QueueMessage, outcome: MessageOutcome) -> Settlement:
+        """Move the message to the dead-letter queue; when that fails, it comes back after the retry delay."""
         reason, stage = outcome.reason or "unknown", outcome.stage or "unknown"
-        failed = outcome.failed or JobReport()
-        attributes = {
-            key: value
-            for key, value in (message.get("MessageAttributes") or {}).items()
-            if not key.startswith("framescale-")
-        }
-        # SQS allows 10 attributes per message; ours come first.
+        kept = {key: value for key, value in message.attributes.items() if not key.startswith("framescale-")}
         ours = {
-            names.FAILURE_REASON_ATTRIBUTE: {"DataType": "String", "StringValue": reason[:2000]},
+            names.FAILURE_REASON_ATTRIBUTE: {"DataType": "String", "StringValue": reason[:MAX_REASON_ATTRIBUTE_CHARS]},
             names.FAILURE_STAGE_ATTRIBUTE: {"DataType": "String", "StringValue": stage},
         }
-        kept = dict(list(attributes.items())[: 10 - len(ours)])
+        kept = dict(list(kept.items())[: MAX_MESSAGE_ATTRIBUTES - len(ours)])
         # Send first, then delete: a crash in between repeats the dead-lettering, never loses it.
         try:
-            self.sqs.send_message(
-                QueueUrl=self.dead_letter_queue_url,
-                MessageBody=message.get("Body", "") or "(empty body)",
-                MessageAttributes={**kept, **ours},
-            )
+            self.dead_letters.send(message.body or "(empty body)", {**kept, **ours})
         except Exception as error:
-            outcome.action, outcome.delay = "retry_later", self.settings.retry_delay(outcome.receive_count)
+            delay = self.settings.retry_delay(outcome.receive_count)
             log.error(
                 "could not move the message to the dead-letter queue; it will come back and fail again",
-                extra={"error": str(error), "reason": reason, "delay": outcome.delay},
+                extra={"error": str(error), "reason": reason, "delay": delay},
             )
-            self._change_visibility(message, outcome.delay)
-            return False
-        log.error(
-            "job failed permanently; message moved to the dead-letter queue",
-            extra={"job_id": failed.job_id, "stage": stage, "reason": reason, "input": failed.input_url},
-        )
-        self.notifier.error(
-            job_id=failed.job_id,
-            input_url=failed.input_url,
-            output_url=failed.output_url or None,
-            reason=f"{stage}: {reason}",
-        )
-        return True
+            return self._change_visibility(message, delay, Disposition.DELAYED, delay=delay)
+        for failed in outcome.failed:
+            log.error(
+                "job failed permanently; message moved to the dead-letter queue",
+                extra={"job_id": failed.job_id, "stage": stage, "reason": reason, "input": failed.input_url},
+            )
+            self.notifier.error(
+                job_id=failed.job_id,
+                input_url=failed.input_url,
+                output_url=failed.output_url or None,
+                reason=f"{stage}: {reason}",
+            )
+        return self._delete(message, Disposition.DEAD_LETTERED)
 
 
 def _always_open() -> SlotGate:
@@ -322,16 +388,5 @@ def _always_open() -> SlotGate:
     return gate.slot(0)
 
 
-def find_dead_letter_queue(sqs: Any, queue_url: str) -> str | None:
-    """The DLQ named by the queue's RedrivePolicy, as a queue URL."""
-    import json
-
-    attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["RedrivePolicy"]).get("Attributes", {})
-    policy = attributes.get("RedrivePolicy")
-    if not policy:
-        return None
-    arn = json.loads(policy).get("deadLetterTargetArn", "")
-    parts = arn.split(":")
-    if len(parts) < 6:
-        return None
-    return str(sqs.get_queue_url(QueueName=parts[5], QueueOwnerAWSAccountId=parts[4])["QueueUrl"])
+def _with_job_id(report: JobReport, job_id: str) -> JobReport:
+    return replace(report, job_id=job_id)

@@ -76,11 +76,14 @@ class WorkerMetrics:
             if event.get("time_in_backlog") is not None:
                 self.time_in_backlog.observe(float(event["time_in_backlog"]))
         elif kind == "job_finished":
+            # The decided action, not what settling managed: a permanent failure whose
+            # dead-lettering failed is still a permanent failure.
             outcome = event["outcome"]
-            self.invocations.labels(outcome.action).inc()
-            if outcome.action == "dead_lettered":
+            action = outcome.action.value
+            self.invocations.labels(action).inc()
+            if action == "dead_lettered":
                 self.invocation_failures.labels("permanent", outcome.stage or "unknown").inc()
-            elif outcome.action == "retry_later":
+            elif action == "retry_later":
                 self.invocation_failures.labels("transient", outcome.stage or "unknown").inc()
             for report in outcome.reports:
                 self._report(report)

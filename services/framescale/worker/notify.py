@@ -7,13 +7,14 @@ import logging
 from typing import Any
 
 from framescale import results
+from framescale.worker.ports import Publisher
 
 log = logging.getLogger(__name__)
 
 
 class Notifier:
-    def __init__(self, sns: Any, success_topic_arn: str | None, error_topic_arn: str | None) -> None:
-        self.sns = sns
+    def __init__(self, publisher: Publisher, success_topic_arn: str | None, error_topic_arn: str | None) -> None:
+        self.publisher = publisher
         self.success_topic_arn = success_topic_arn
         self.error_topic_arn = error_topic_arn
 
@@ -33,11 +34,7 @@ class Notifier:
         if not topic:
             return
         try:
-            self.sns.publish(
-                TopicArn=topic,
-                Message=json.dumps(body),
-                MessageAttributes={"invocationStatus": {"DataType": "String", "StringValue": status}},
-            )
+            self.publisher.publish(topic, json.dumps(body), {"invocationStatus": status})
         except Exception as error:
             # A notification is a courtesy; the results in S3 are the record. Losing the
             # notification must not fail (or repeat) the job.

@@ -25,17 +25,20 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from framescale import aws, lifecycle, logs
+from framescale.worker.adapters import S3Store, SnsPublisher, SqsQueue, find_dead_letter_queue
 from framescale.worker.gate import JobGate, SlotGate
 from framescale.worker.health import HealthServer
 from framescale.worker.inference import ModelClient
 from framescale.worker.lease import BusyLease, kubernetes_coordination_api
-from framescale.worker.loop import SlotWorker, find_dead_letter_queue
+from framescale.worker.loop import SlotWorker
 from framescale.worker.metrics import WorkerMetrics
+from framescale.worker.ports import ModelServer
 from framescale.worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -113,13 +116,14 @@ def slot_main(
         except (OSError, ValueError) as error:  # the supervisor is gone; PDEATHSIG ends this process
             log.warning("could not report to the supervisor", extra={"error": str(error)})
 
+    sqs = aws.client("sqs")
     worker = SlotWorker(
         settings,
-        sqs=aws.client("sqs"),
-        s3=aws.client("s3"),
-        sns=aws.client("sns"),
+        queue=SqsQueue(sqs, settings.queue_url),
+        dead_letters=SqsQueue(sqs, dead_letter_queue_url),
+        store=S3Store(aws.client("s3")),
+        publisher=SnsPublisher(aws.client("sns")),
         model=model_client(settings),
-        dead_letter_queue_url=dead_letter_queue_url,
         events=send,
         gate=gate,
     )
@@ -140,9 +144,23 @@ class _Slot:
     reaped: bool = False  # its death was noted (and its pipe drained)
 
 
+@dataclass
+class SupervisorClients:
+    """What the supervisor talks to itself (its slots make their own clients, in their own processes)."""
+
+    sqs: Any  # a boto3 SQS client: the queue's attributes, its dead-letter queue, hand-backs
+    model: ModelServer  # for /readyz
+    coordination: Callable[[], Any] = kubernetes_coordination_api  # the Lease API, made only when enabled
+
+    @classmethod
+    def from_settings(cls, settings: WorkerSettings) -> SupervisorClients:
+        return cls(sqs=aws.client("sqs"), model=model_client(settings))
+
+
 class Supervisor:
-    def __init__(self, settings: WorkerSettings) -> None:
+    def __init__(self, settings: WorkerSettings, clients: SupervisorClients | None = None) -> None:
         self.settings = settings
+        self.clients = clients
         self.metrics = WorkerMetrics()
         self.slots: dict[int, _Slot] = {}
         self.stopping = False
@@ -151,7 +169,7 @@ class Supervisor:
         self.health: HealthServer | None = None
         self.lease: BusyLease | None = None
         self.sqs: Any = None
-        self._model: ModelClient | None = None
+        self._model: ModelServer | None = None
         self._context = multiprocessing.get_context("spawn")
         # Whether a slot may start a job: shut until the node may take jobs, and by stopping.
         self.gate = JobGate.for_processes(settings.slots, self._context)
@@ -163,7 +181,9 @@ class Supervisor:
 
     def check_environment(self) -> None:
         """Fail at start, with the fix, rather than on the first message."""
-        self.sqs = aws.client("sqs")
+        if self.clients is None:
+            self.clients = SupervisorClients.from_settings(self.settings)
+        self.sqs = self.clients.sqs
         try:
             self.sqs.get_queue_attributes(QueueUrl=self.settings.queue_url, AttributeNames=["QueueArn"])
         except Exception as error:
@@ -183,7 +203,8 @@ class Supervisor:
         self.check_environment()
         self.settings.work_dir.mkdir(parents=True, exist_ok=True)
         self._remove_stale_scratch()
-        self._model = model_client(self.settings)
+        assert self.clients is not None
+        self._model = self.clients.model
         if self.settings.health_port:
             self.health = HealthServer(
                 self.settings.health_port, alive=self.alive, ready=self.ready, registry=self.metrics.registry
@@ -191,7 +212,7 @@ class Supervisor:
         if self.settings.lease_enabled:
             assert self.settings.node_name is not None  # checked by the settings validator
             self.lease = BusyLease(
-                kubernetes_coordination_api(),
+                self.clients.coordination(),
                 node_name=self.settings.node_name,
                 namespace=self.settings.namespace,
                 holder=self.settings.pod_name or f"framescale-worker-{os.getpid()}",
@@ -396,7 +417,7 @@ class Supervisor:
             self.lease.stop()
         if self.health is not None:
             self.health.stop()
-        if self._model is not None:
+        if isinstance(self._model, ModelClient):
             self._model.close()
         for state in self.slots.values():
             if state.events is not None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from framescale.worker.loop import MessageOutcome
+from framescale.worker.loop import Action, MessageOutcome
 from framescale.worker.service import (
     CRASH_LOOP_DEATHS,
     WEDGED_SECONDS,
@@ -36,6 +36,10 @@ def supervisor() -> Supervisor:
     return Supervisor(WorkerSettings(queue_url="https://sqs.us-east-1.amazonaws.com/1/q"))
 
 
+def in_progress(supervisor: Supervisor) -> float | None:
+    return supervisor.metrics.registry.get_sample_value("framescale_worker_jobs_in_progress")
+
+
 def slot_with_pipe(supervisor: Supervisor) -> Any:
     reader, writer = CONTEXT.Pipe(duplex=False)
     # Restarted a moment ago: _restart reaps it but holds the respawn back.
@@ -50,7 +54,7 @@ def test_a_dead_slots_stale_job_start_leaves_it_idle(supervisor: Supervisor) -> 
     supervisor._restart(0)
     state = supervisor.slots[0]
     assert not state.busy and state.receipt_handle is None
-    assert supervisor.metrics.jobs_in_progress._value.get() == 0
+    assert in_progress(supervisor) == 0
     assert state.events is None, "the dead slot's pipe is still polled"
 
 
@@ -59,10 +63,10 @@ def test_events_mark_the_slot_busy_then_idle(supervisor: Supervisor) -> None:
     writer.send({"type": "job_started", "receipt_handle": "rh", "message_id": "m", "time_in_backlog": 1.0})
     supervisor._pump(1.0)
     assert supervisor.slots[0].busy and supervisor.slots[0].receipt_handle == "rh"
-    assert supervisor.metrics.jobs_in_progress._value.get() == 1
-    writer.send({"type": "job_finished", "outcome": MessageOutcome("deleted")})
+    assert in_progress(supervisor) == 1
+    writer.send({"type": "job_finished", "outcome": MessageOutcome(Action.DELETE)})
     supervisor._pump(1.0)
-    assert not supervisor.slots[0].busy and supervisor.metrics.jobs_in_progress._value.get() == 0
+    assert not supervisor.slots[0].busy and in_progress(supervisor) == 0
 
 
 def test_a_garbled_event_closes_that_pipe_and_the_pump_goes_on(supervisor: Supervisor) -> None:
