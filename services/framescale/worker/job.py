@@ -14,7 +14,6 @@ import collections
 import contextlib
 import enum
 import logging
-import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import numpy as np
 
 from framescale import logs, results
 from framescale.messages import JobRequest, S3Location, derive_job_id
+from framescale.worker import scratch
 from framescale.worker.commit import CommitResult, Completion, ResultStore
 from framescale.worker.errors import (
     AccessDenied,
@@ -287,10 +287,8 @@ class JobRunner:
         except ServiceError as error:
             raise job_error(error, stage=name) from error
 
-    @contextlib.contextmanager
-    def _scratch(self) -> Iterator[Path]:
-        with tempfile.TemporaryDirectory(prefix="job-", dir=self.settings.work_dir) as folder:
-            yield Path(folder)
+    def _scratch(self) -> contextlib.AbstractContextManager[Path]:
+        return scratch.job_folder(self.settings.work_dir)
 
     # ------------------------------------------------------------------ resolve
 

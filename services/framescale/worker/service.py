@@ -21,7 +21,6 @@ import contextlib
 import logging
 import multiprocessing
 import os
-import shutil
 import signal
 import threading
 import time
@@ -30,7 +29,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from framescale import aws, lifecycle, logs
+from framescale import aws, logs
+from framescale.worker import scratch, slot_entry
 from framescale.worker.adapters import S3Store, SnsPublisher, SqsQueue, find_dead_letter_queue
 from framescale.worker.gate import JobGate, SlotGate
 from framescale.worker.health import HealthServer
@@ -101,12 +101,17 @@ class SlotSignals:
 
 
 def slot_main(
-    settings_data: dict[str, Any], slot: int, dead_letter_queue_url: str, events: Connection, gate: SlotGate
+    settings_data: dict[str, Any],
+    slot: int,
+    dead_letter_queue_url: str,
+    events: Connection,
+    gate: SlotGate,
+    *,
+    parent_pid: int,
 ) -> None:
-    """Entry point of a slot process; ``gate`` is its cell of the supervisor's job-start fence."""
+    """A slot process, once framescale.worker.slot_entry has tied it to its supervisor; ``gate`` is
+    its cell of the supervisor's job-start fence."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor forwards what matters as SIGTERM
-    # No orphan may keep a message: the slot dies with the supervisor.
-    lifecycle.die_with_parent(signal.SIGKILL)
     settings = WorkerSettings(**settings_data)
     logs.configure("worker", settings.log_level, settings.log_format)
 
@@ -126,6 +131,7 @@ def slot_main(
         model=model_client(settings),
         events=send,
         gate=gate,
+        orphaned=lambda: slot_entry.orphaned(parent_pid),
     )
     signal.signal(signal.SIGTERM, SlotSignals(worker, settings.shutdown_grace_seconds))
     with logs.scope(slot=slot), contextlib.suppress(_Shutdown):
@@ -233,19 +239,15 @@ class Supervisor:
         )
 
     def _remove_stale_scratch(self) -> None:
-        """Delete the scratch folders (downloads) of slots killed mid-job; work_dir is this worker's own."""
-        stale = [path for path in self.settings.work_dir.glob("job-*") if path.is_dir()]
-        for path in stale:
-            shutil.rmtree(path, ignore_errors=True)
-        if stale:
-            log.info("removed scratch folders left by killed slots", extra={"count": len(stale)})
+        """Delete the scratch folders (downloads) of slots killed mid-job; a live process's stay."""
+        scratch.remove_abandoned(self.settings.work_dir)
 
     def _spawn(self, slot: int) -> None:
         reader, writer = self._context.Pipe(duplex=False)
         gate = self.gate.reset(slot)  # a fresh cell: nothing of a dead predecessor's carries over
         process = self._context.Process(
-            target=slot_main,
-            args=(self.settings.model_dump(mode="json"), slot, self.dead_letter_queue_url, writer, gate),
+            target=slot_entry.main,
+            args=(os.getpid(), self.settings.model_dump(mode="json"), slot, self.dead_letter_queue_url, writer, gate),
             name=f"framescale-slot-{slot}",
         )
         process.start()
