@@ -88,7 +88,14 @@ def test_a_job_longer_than_the_visibility_timeout_runs_once_while_another_worker
         proxy.stop()
     started = [r for w in (first, second) for r in worker_log(w) if r.get("message") == "job started"]
     assert [r["job_id"] for r in started] == ["job-0"], "the job ran more than once"
-    assert not any(r.get("message") == "message received" for r in worker_log(second))
+    # The message was received once, by the first worker, and settled on that receive: it never
+    # became visible to the second one, which was polling all the while.
+    received = [(w, r) for w in (first, second) for r in worker_log(w) if r.get("message") == "message received"]
+    assert [(w, r["receive_count"]) for w, r in received] == [(first, 1)]
+    (settled,) = [r for r in worker_log(first) if r.get("message") == "message settled"]
+    assert settled["action"] == "deleted" and settled["receive_count"] == 1
+    (polling,) = [r for r in worker_log(second) if r.get("message") == "worker started"]
+    assert polling["time"] < settled["time"], "the second worker was not polling while the job ran"
 
 
 def test_model_server_stopped_mid_job_and_restarted(aws_env, start_worker, make_jobs, own_model_server) -> None:
@@ -203,7 +210,9 @@ def test_a_stop_request_with_enough_grace_finishes_the_job(aws_env, start_worker
         os.killpg(worker.pid, signal.SIGINT)
     assert worker.wait(150) == 0
     assert_exactly_once(stack, jobs)
-    assert not any(r.get("message") == "message handed back" for r in worker_log(worker))
+    # Finished in the grace period: settled by deleting it, on its first receive, not handed back.
+    settled = [r for r in worker_log(worker) if r.get("message") == "message settled"]
+    assert [(r["action"], r["disposition"], r["receive_count"]) for r in settled] == [("deleted", "deleted", 1)]
 
 
 def test_sigterm_without_enough_grace_hands_the_job_back(aws_env, start_worker, make_jobs) -> None:

@@ -164,7 +164,15 @@ class SupervisorClients:
 
 
 class Supervisor:
-    def __init__(self, settings: WorkerSettings, clients: SupervisorClients | None = None) -> None:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        clients: SupervisorClients | None = None,
+        *,
+        processes: Any = None,
+    ) -> None:
+        """``processes``: where slot processes and their pipes come from (``Process``, ``Pipe``);
+        multiprocessing's spawn context unless a test hands in another."""
         self.settings = settings
         self.clients = clients
         self.metrics = WorkerMetrics()
@@ -176,7 +184,7 @@ class Supervisor:
         self.lease: BusyLease | None = None
         self.sqs: Any = None
         self._model: ModelServer | None = None
-        self._context = multiprocessing.get_context("spawn")
+        self._context = processes or multiprocessing.get_context("spawn")
         # Whether a slot may start a job: shut until the node may take jobs, and by stopping.
         self.gate = JobGate.for_processes(settings.slots, self._context)
         self._deaths: dict[int, collections.deque[float]] = collections.defaultdict(collections.deque)
@@ -283,9 +291,9 @@ class Supervisor:
             self._hurry_at = time.monotonic()
         log.info("stop requested", extra={"signal": signum, "count": self.signals})
         for state in self.slots.values():
-            if state.process.is_alive() and state.process.pid:
+            if state.process.is_alive():
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(state.process.pid, signal.SIGTERM)
+                    state.process.terminate()  # SIGTERM
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.request_stop)

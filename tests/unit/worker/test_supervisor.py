@@ -1,94 +1,296 @@
-"""The supervisor's view of its slots (events over per-slot pipes, health) and a slot's signal handling."""
+"""The supervisor through its public face: ``run()`` with stand-in slot processes, events on their
+pipes, ``/healthz``'s ``alive()``, ``request_stop()``, and the metrics as Prometheus exports them.
+
+The slot processes are stand-ins (``FakeProcesses``) whose pipes are real: the test writes what
+a slot would say, kills them, or lets them stop; the supervisor's loop runs for real in the
+test's main thread (it installs signal handlers), driven from a second thread.
+"""
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
+import signal
 import threading
-import time
-from types import SimpleNamespace
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from framescale.worker.loop import Action, MessageOutcome
-from framescale.worker.service import (
-    CRASH_LOOP_DEATHS,
-    WEDGED_SECONDS,
-    SlotSignals,
-    Supervisor,
-    _Shutdown,
-    _Slot,
-)
+from framescale.worker import service
+from framescale.worker.loop import Action, Disposition, MessageOutcome, Settlement
+from framescale.worker.service import CRASH_LOOP_DEATHS, SlotSignals, Supervisor, SupervisorClients, _Shutdown
 from framescale.worker.settings import WorkerSettings
+from tests.fakes import FakeModel
+from tests.support import wait_for
 
-CONTEXT = multiprocessing.get_context("spawn")
-
-
-def finished_process() -> multiprocessing.process.BaseProcess:
-    process = CONTEXT.Process(target=time.sleep, args=(0,))
-    process.start()
-    process.join(30)
-    return process
+_pids = itertools.count(900_001)
 
 
-@pytest.fixture
-def supervisor() -> Supervisor:
-    return Supervisor(WorkerSettings(queue_url="https://sqs.us-east-1.amazonaws.com/1/q"))
+def soon(check: Callable[[], Any], what: str) -> None:
+    wait_for(check, timeout=10, what=what, interval=0.005)
 
 
-def in_progress(supervisor: Supervisor) -> float | None:
-    return supervisor.metrics.registry.get_sample_value("framescale_worker_jobs_in_progress")
+class FakeProcess:
+    def __init__(self, writer: Any, slot_args: tuple) -> None:
+        self.pid = next(_pids)
+        self.writer = writer
+        self.args = slot_args
+        self.alive = False
+        self.terminated = 0
+        self.killed = False
+        self.stops_on_terminate = True
+        self.exitcode: int | None = None
+
+    def start(self) -> None:
+        self.alive = True
+
+    def is_alive(self) -> bool:
+        return self.alive
+
+    def die(self, code: int = -9) -> None:
+        self.alive, self.exitcode = False, code
+        self.writer.close()
+
+    def terminate(self) -> None:
+        self.terminated += 1
+        if self.stops_on_terminate:
+            self.die(0)
+
+    def kill(self) -> None:
+        self.killed = True
+        self.die(-9)
+
+    def join(self, timeout: float | None = None) -> None:
+        return None
+
+    def send(self, event: dict[str, Any]) -> None:
+        self.writer.send(event)
 
 
-def slot_with_pipe(supervisor: Supervisor) -> Any:
-    reader, writer = CONTEXT.Pipe(duplex=False)
-    # Restarted a moment ago: _restart reaps it but holds the respawn back.
-    supervisor.slots[0] = _Slot(finished_process(), reader)
-    return writer
+class _KeptWriter:
+    """The write end handed to the supervisor, which closes its copy at once (the slot has its own)."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def close(self) -> None:
+        pass
 
 
-def test_a_dead_slots_stale_job_start_leaves_it_idle(supervisor: Supervisor) -> None:
-    writer = slot_with_pipe(supervisor)
-    writer.send({"type": "job_started", "receipt_handle": "rh", "message_id": "m", "time_in_backlog": None})
-    writer.close()  # the slot died right after saying so
-    supervisor._restart(0)
-    state = supervisor.slots[0]
-    assert not state.busy and state.receipt_handle is None
-    assert in_progress(supervisor) == 0
-    assert state.events is None, "the dead slot's pipe is still polled"
+class FakeProcesses:
+    """Stands in for multiprocessing's spawn context: ``Process`` and ``Pipe``."""
+
+    def __init__(self) -> None:
+        self.started: list[FakeProcess] = []
+        self._context = multiprocessing.get_context("spawn")
+
+    def Pipe(self, duplex: bool = False) -> tuple[Any, Any]:
+        reader, writer = self._context.Pipe(duplex=False)
+        return reader, _KeptWriter(writer)
+
+    def Lock(self) -> Any:
+        return self._context.Lock()
+
+    def RawValue(self, typecode: str, value: Any) -> Any:
+        return self._context.RawValue(typecode, value)
+
+    def Process(self, *, target: Callable[..., None], args: tuple, name: str) -> FakeProcess:
+        (writer,) = [arg for arg in args if isinstance(arg, _KeptWriter)]
+        process = FakeProcess(writer.real, args)
+        self.started.append(process)
+        return process
 
 
-def test_events_mark_the_slot_busy_then_idle(supervisor: Supervisor) -> None:
-    writer = slot_with_pipe(supervisor)
-    writer.send({"type": "job_started", "receipt_handle": "rh", "message_id": "m", "time_in_backlog": 1.0})
-    supervisor._pump(1.0)
-    assert supervisor.slots[0].busy and supervisor.slots[0].receipt_handle == "rh"
-    assert in_progress(supervisor) == 1
-    writer.send({"type": "job_finished", "outcome": MessageOutcome(Action.DELETE)})
-    supervisor._pump(1.0)
-    assert not supervisor.slots[0].busy and in_progress(supervisor) == 0
+class FakeSqsClient:
+    def __init__(self) -> None:
+        self.handed_back: list[str] = []
+
+    def get_queue_attributes(self, **_: Any) -> dict:
+        return {"Attributes": {"QueueArn": "arn:aws:sqs:us-east-1:1:jobs"}}
+
+    def change_message_visibility(self, *, QueueUrl: str, ReceiptHandle: str, VisibilityTimeout: int) -> None:
+        assert VisibilityTimeout == 0
+        self.handed_back.append(ReceiptHandle)
 
 
-def test_a_garbled_event_closes_that_pipe_and_the_pump_goes_on(supervisor: Supervisor) -> None:
-    writer = slot_with_pipe(supervisor)
-    writer.send_bytes(b"\x80\x05 half a pickle")  # what a slot killed mid-send leaves
-    supervisor._pump(1.0)
-    assert supervisor.slots[0].events is None
-    supervisor._pump(0.01)  # nothing left to poll: no error
+class Harness:
+    def __init__(self, tmp_path: Path, **settings: Any) -> None:
+        values: dict[str, Any] = {
+            "queue_url": "https://sqs.us-east-1.amazonaws.com/1/jobs",
+            "dead_letter_queue_url": "https://sqs.us-east-1.amazonaws.com/1/jobs-dlq",
+            "health_port": 0,
+            "work_dir": tmp_path / "work",
+            "slots": 2,
+        }
+        values.update(settings)
+        self.sqs = FakeSqsClient()
+        self.model = FakeModel()
+        self.processes = FakeProcesses()
+        self.supervisor = Supervisor(
+            WorkerSettings(**values),
+            SupervisorClients(sqs=self.sqs, model=self.model),
+            processes=self.processes,
+        )
+        self.result: list[int] = []
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float | None:
+        return self.supervisor.metrics.registry.get_sample_value(name, labels or {})
+
+    def slot(self, number: int) -> FakeProcess:
+        """The live process of slot ``number`` (the latest one started for it)."""
+        return [p for p in self.processes.started if p.args[2] == number][-1]
+
+    def run(self, actor: Callable[[], None]) -> None:
+        """Run the supervisor here while ``actor`` drives it from another thread, then stop it."""
+        failure: list[BaseException] = []
+
+        def act() -> None:
+            try:
+                soon(lambda: len(self.processes.started) >= self.supervisor.settings.slots, "slots started")
+                actor()
+            except BaseException as error:
+                failure.append(error)
+            finally:
+                self.supervisor.request_stop()
+
+        thread = threading.Thread(target=act, daemon=True)
+        thread.start()
+        self.result.append(self.supervisor.run())
+        thread.join(10)
+        if failure:
+            raise failure[0]
 
 
-def test_alive_reports_a_crash_looping_slot_and_a_wedged_loop(supervisor: Supervisor) -> None:
-    assert supervisor.alive()
-    now = time.monotonic()
-    supervisor._deaths[0].extend([now] * CRASH_LOOP_DEATHS)
-    assert not supervisor.alive()
-    supervisor._deaths.clear()
-    supervisor._last_tick = now - WEDGED_SECONDS - 1
-    assert not supervisor.alive()
+@pytest.fixture(autouse=True)
+def keep_signal_handlers() -> Iterator[None]:
+    saved = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for number, handler in saved.items():
+        signal.signal(number, handler)
+
+
+@pytest.fixture(autouse=True)
+def quick_restarts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(service, "RESTART_MIN_SECONDS", 0.05)
+
+
+def started(handle: str = "rh-1") -> dict[str, Any]:
+    return {"type": "job_started", "receipt_handle": handle, "message_id": "m-1", "time_in_backlog": 2.0}
+
+
+def finished(action: Action = Action.DELETE) -> dict[str, Any]:
+    return {"type": "job_finished", "outcome": MessageOutcome(action), "settlement": Settlement(Disposition.DELETED)}
+
+
+def test_job_events_mark_the_node_busy_then_idle(tmp_path: Path) -> None:
+    harness = Harness(tmp_path)
+    in_progress = "framescale_worker_jobs_in_progress"
+
+    def actor() -> None:
+        harness.slot(0).send(started())
+        soon(lambda: harness.metric(in_progress) == 1, "one job in progress")
+        assert harness.metric("framescale_worker_node_busy") == 1
+        harness.slot(1).send(started("rh-2"))
+        soon(lambda: harness.metric(in_progress) == 2, "two jobs in progress")
+        harness.slot(0).send(finished())
+        harness.slot(1).send(finished(Action.DEAD_LETTER))
+        soon(lambda: harness.metric(in_progress) == 0, "no job in progress")
+
+    harness.run(actor)
+    assert harness.result == [0]
+    assert harness.metric("framescale_worker_node_busy") == 0
+    assert harness.metric("framescale_worker_invocations_total", {"outcome": "deleted"}) == 1
+    assert harness.metric("framescale_worker_invocations_total", {"outcome": "dead_lettered"}) == 1
+    assert harness.metric("framescale_worker_time_in_backlog_seconds_count") == 2
+
+
+def test_a_slot_that_dies_mid_job_is_restarted_idle(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, slots=1)
+
+    def actor() -> None:
+        first = harness.slot(0)
+        first.send(started())
+        soon(lambda: harness.metric("framescale_worker_jobs_in_progress") == 1, "the job under way")
+        first.die()  # killed with the job in hand; its last word was "started"
+        soon(lambda: len(harness.processes.started) == 2, "the slot restarted")
+        assert harness.metric("framescale_worker_jobs_in_progress") == 0
+        assert harness.metric("framescale_worker_slot_restarts_total") == 1
+        assert harness.supervisor.alive()
+
+    harness.run(actor)
+
+
+def test_a_garbled_event_costs_only_that_pipe(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, slots=2)
+
+    def actor() -> None:
+        harness.slot(0).writer.send_bytes(b"\x80\x05 half a pickle")  # a slot killed mid-send
+        harness.slot(1).send(started())
+        soon(lambda: harness.metric("framescale_worker_jobs_in_progress") == 1, "the other slot's event")
+
+    harness.run(actor)
+
+
+def test_a_slot_that_keeps_dying_fails_the_liveness_check(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, slots=1)
+
+    def actor() -> None:
+        for number in range(CRASH_LOOP_DEATHS):
+            assert harness.supervisor.alive(), f"not alive after {number} deaths"
+            harness.slot(0).die()
+            soon(lambda n=number: len(harness.processes.started) == n + 2, "the slot restarted")
+        assert not harness.supervisor.alive()
+
+    harness.run(actor)
+
+
+def test_stop_terminates_the_slots_and_waits_for_them(tmp_path: Path) -> None:
+    harness = Harness(tmp_path)
+    harness.run(lambda: None)
+    assert harness.result == [0]
+    assert [process.terminated for process in harness.processes.started] == [1, 1]
+    assert not any(process.killed for process in harness.processes.started)
+
+
+def test_a_slot_stuck_past_the_second_signal_is_killed_and_its_message_handed_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service, "SECOND_SIGNAL_SECONDS", 0.2)
+    harness = Harness(tmp_path, slots=1)
+
+    def actor() -> None:
+        stuck = harness.slot(0)
+        stuck.stops_on_terminate = False
+        stuck.send(started("rh-stuck"))
+        soon(lambda: harness.metric("framescale_worker_jobs_in_progress") == 1, "the job under way")
+        harness.supervisor.request_stop()  # the first signal: the grace period
+
+    harness.run(actor)  # and the second
+    assert harness.processes.started[0].killed
+    assert harness.sqs.handed_back == ["rh-stuck"]
+
+
+def test_readiness_follows_the_model_and_stopping(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, slots=1)
+
+    def actor() -> None:
+        assert harness.supervisor.ready() == (True, "ready")
+        harness.model.is_ready = False
+        ok, why = harness.supervisor.ready()
+        assert not ok and "not available" in why
+
+    harness.run(actor)
+    assert harness.supervisor.ready() == (False, "stopping")
 
 
 def fake_slot(*, in_job: bool = False, receiving: bool = False) -> Any:
-    return SimpleNamespace(stopping=threading.Event(), cancel=threading.Event(), in_job=in_job, receiving=receiving)
+    return type(
+        "Slot",
+        (),
+        {"stopping": threading.Event(), "cancel": threading.Event(), "in_job": in_job, "receiving": receiving},
+    )()
 
 
 def test_a_signal_outside_the_long_poll_does_not_raise() -> None:
@@ -111,3 +313,9 @@ def test_first_signal_gives_the_job_its_grace_and_the_second_cancels_it() -> Non
     assert worker.stopping.is_set() and not worker.cancel.is_set()
     handler(15, None)
     assert worker.cancel.is_set()
+
+
+def test_the_grace_runs_out_into_a_cancel() -> None:
+    worker = fake_slot(in_job=True)
+    SlotSignals(worker, grace_seconds=0.05)(15, None)
+    assert worker.cancel.wait(5), "the grace period never ended the job"
