@@ -27,7 +27,7 @@ def orphaned(parent_pid: int) -> bool:
     return os.getppid() != parent_pid
 
 
-def main(
+def main(  # noqa: PLR0917 - multiprocessing hands a process its arguments by position
     parent_pid: int,
     settings_data: dict[str, Any],
     slot: int,

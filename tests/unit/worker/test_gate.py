@@ -13,7 +13,8 @@ from types import SimpleNamespace
 import pytest
 
 from framescale.worker.gate import JobGate
-from framescale.worker.loop import FENCED_REASON, GATE_WAIT_SECONDS, SlotWorker
+from framescale.worker.loop import FENCED_REASON, GATE_WAIT_SECONDS, Action, SlotWorker
+from framescale.worker.ports import QueueMessage
 from framescale.worker.service import Supervisor, _Slot
 from framescale.worker.settings import WorkerSettings
 
@@ -185,35 +186,42 @@ def test_race_catches_a_check_outside_the_lock(busy_switching: None) -> None:
 
 
 class RecordingQueue:
-    """Just enough of SQS for a slot: every receive returns one message; calls are recorded."""
+    """Just enough of a queue (ports.Queue) for a slot: every receive returns one message; calls are recorded."""
+
+    url = "https://sqs.us-east-1.amazonaws.com/1/q"
 
     def __init__(self) -> None:
         self.receives = 0
         self.visibility: list[tuple[str, int]] = []
 
-    def receive_message(self, **request: object) -> dict:
+    def receive(self, *, wait_seconds: int, visibility_seconds: int) -> list[QueueMessage]:
         self.receives += 1
-        return {"Messages": [message(f"m{self.receives}")]}
+        return [message(f"m{self.receives}")]
 
-    def change_message_visibility(self, *, QueueUrl: str, ReceiptHandle: str, VisibilityTimeout: int) -> None:
-        self.visibility.append((ReceiptHandle, VisibilityTimeout))
+    def change_visibility(self, receipt_handle: str, seconds: int) -> None:
+        self.visibility.append((receipt_handle, seconds))
+
+    def delete(self, receipt_handle: str) -> None:
+        raise AssertionError("nothing is deleted behind a shut gate")
+
+    def send(self, body: str, attributes: object) -> None:
+        raise AssertionError("nothing is dead-lettered behind a shut gate")
 
 
-def message(name: str) -> dict:
-    body = '{"video": "s3://in/v.mp4", "job_id": "j"}'
-    return {"MessageId": name, "ReceiptHandle": f"rh-{name}", "Body": body, "Attributes": {}}
+def message(name: str) -> QueueMessage:
+    return QueueMessage(name, f"rh-{name}", '{"video": "s3://in/v.mp4", "job_id": "j"}')
 
 
 def slot_worker(gate: JobGate, queue: RecordingQueue, events: list[dict]) -> SlotWorker:
-    settings = WorkerSettings(queue_url="https://sqs.us-east-1.amazonaws.com/1/q", wait_time_seconds=0)
+    settings = WorkerSettings(queue_url=queue.url, wait_time_seconds=0)
     model = SimpleNamespace(ready=lambda: True)
     return SlotWorker(
         settings,
-        sqs=queue,
-        s3=None,
-        sns=None,
+        queue=queue,
+        dead_letters=queue,
+        store=None,  # type: ignore[arg-type]
+        publisher=None,  # type: ignore[arg-type]
         model=model,  # type: ignore[arg-type]
-        dead_letter_queue_url="https://sqs.us-east-1.amazonaws.com/1/dlq",
         events=events.append,
         gate=gate.slot(0),
     )
@@ -230,8 +238,8 @@ def test_a_slot_does_not_poll_while_the_gate_is_shut() -> None:
 def test_a_message_received_after_the_fence_is_handed_back_at_once() -> None:
     gate, queue, events = JobGate.for_threads(1), RecordingQueue(), []
     worker = slot_worker(gate, queue, events)
-    outcome = worker.handle(message("late"))  # a long poll that returned after the fence
-    assert (outcome.action, outcome.reason) == ("handed_back", FENCED_REASON)
+    outcome = worker.handle(message("late")).outcome  # a long poll that returned after the fence
+    assert (outcome.action, outcome.reason) == (Action.HAND_BACK, FENCED_REASON)
     assert queue.visibility == [("rh-late", 0)], "handed back at once, visibility 0"
     assert [event["type"] for event in events] == ["fenced_hand_back", "job_finished"], "no job started"
     assert gate.close() == 0 and not gate.slot(0).in_job
