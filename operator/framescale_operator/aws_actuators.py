@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from botocore.exceptions import BotoCoreError, ClientError
 
 from framescale import aws
+from framescale.aws import client_error_code
 from framescale_operator.protection import MARKER_TAGS, SCALE_IN_MARKER, TERMINATION_MARKER, GroupInstance, Markers
 
 RETRYABLE_CODES = frozenset(
@@ -119,9 +120,8 @@ class AwsApi(Protocol):
 
 def _translate(operation: str, error: Exception) -> AwsError:
     if isinstance(error, ClientError):
-        details = error.response.get("Error", {})
-        code = str(details.get("Code", "Unknown"))
-        message = str(details.get("Message", error))
+        code = client_error_code(error) or "Unknown"
+        message = str(error.response.get("Error", {}).get("Message", error))
         if code in RETRYABLE_CODES:
             return AwsRetryable(operation, code, message)
         return AwsFailure(operation, code, message)
@@ -155,7 +155,7 @@ class AwsActuator:
                 AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
             )
         except ClientError as error:
-            code = str(error.response.get("Error", {}).get("Code", ""))
+            code = client_error_code(error)
             if code in QUEUE_NOT_FOUND_CODES:
                 raise QueueNotFound("GetQueueAttributes", code, f"queue {queue_url} does not exist") from error
             raise _translate("GetQueueAttributes", error) from error
@@ -218,7 +218,7 @@ class AwsActuator:
                     InstanceId=instance_id, Attribute="disableApiTermination"
                 )
             except ClientError as error:
-                if str(error.response.get("Error", {}).get("Code", "")) in INSTANCE_NOT_FOUND_CODES:
+                if client_error_code(error) in INSTANCE_NOT_FOUND_CODES:
                     continue  # gone: nothing to protect or release
                 raise _translate("DescribeInstanceAttribute", error) from error
             except BotoCoreError as error:
@@ -272,7 +272,7 @@ class AwsActuator:
         try:
             call(**params)
         except ClientError as error:
-            if str(error.response.get("Error", {}).get("Code", "")) in INSTANCE_NOT_FOUND_CODES:
+            if client_error_code(error) in INSTANCE_NOT_FOUND_CODES:
                 return
             raise _translate(operation, error) from error
         except BotoCoreError as error:

@@ -8,12 +8,13 @@ way kopf logs in, and closed on clean-up.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Protocol
 
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
+
+from framescale import kubeconfig
 
 MERGE_PATCH = "application/merge-patch+json"
 RETRYABLE_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
@@ -41,10 +42,7 @@ class NodeApi(Protocol):
 def load_api_client() -> client.ApiClient:
     """An API client from the in-cluster service account, else the current kubeconfig."""
     configuration = client.Configuration()
-    if os.environ.get("KUBERNETES_SERVICE_HOST"):
-        config.load_incluster_config(client_configuration=configuration)
-    else:
-        config.load_kube_config(client_configuration=configuration)
+    kubeconfig.load(configuration)
     return client.ApiClient(configuration)
 
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from framescale.backoff import doubled
+
 MAX_BACKOFF_SECONDS = 300.0
 
 
@@ -46,7 +48,7 @@ class Pass:
 
 def backoff(base_delay: float, failures: int) -> float:
     """The delay after ``failures`` retryable failures in a row: doubling from ``base_delay``, capped."""
-    return min(MAX_BACKOFF_SECONDS, base_delay * 2 ** max(0, failures - 1))
+    return doubled(base_delay, failures - 1, MAX_BACKOFF_SECONDS)
 
 
 def poll_interval(spec: Mapping[str, Any], default: float) -> float:

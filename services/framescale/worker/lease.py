@@ -11,19 +11,16 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
-from framescale import busy_lease
+from framescale import busy_lease, kubeconfig
 
 log = logging.getLogger(__name__)
 
 
 def kubernetes_coordination_api() -> Any:
     """CoordinationV1Api from in-cluster config, else the local kubeconfig."""
-    from kubernetes import client, config
+    from kubernetes import client
 
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
+    kubeconfig.load()
     return client.CoordinationV1Api()
 
 

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from framescale.backoff import doubled
 from framescale.settings import ComponentSettings
 
 MIB = 1024 * 1024
@@ -177,6 +178,5 @@ class WorkerSettings(ComponentSettings):
         It doubles with each receive (up to the cap) so that a long outage spends hours,
         not minutes, of the queue's redrive maxReceiveCount.
         """
-        doublings = min(max(receive_count - 1, 0), 30)
         cap = max(self.retry_delay_max_seconds, self.retry_delay_seconds)
-        return min(self.retry_delay_seconds * 2**doublings, cap)
+        return int(doubled(self.retry_delay_seconds, receive_count - 1, cap))

@@ -37,8 +37,18 @@ def test_patches_are_merge_patches() -> None:
 
 
 def test_a_missing_node_is_nothing_to_do() -> None:
-    made, _ = annotator(404)
-    made.patch_node("gone", {"metadata": {}})
+    made, fake = annotator(404)
+    # Asked once, and a 404 answer is the end of it: no error, no second try.
+    assert made.patch_node("gone", {"metadata": {}}) is None
+    assert fake.calls == [("gone", {"metadata": {}}, MERGE_PATCH)]
+    made.close()
+
+
+@pytest.mark.parametrize("status", [400, 422, 500])
+def test_only_a_missing_node_is_swallowed(status: int) -> None:
+    made, _ = annotator(status)
+    with pytest.raises(KubeError):
+        made.patch_node("n1", {"metadata": {}})
     made.close()
 
 
