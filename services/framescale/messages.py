@@ -4,6 +4,11 @@ Accepted SQS bodies (DESIGN.md, "Job message"):
 - framescale's own: ``{"video": "s3://b/k.mp4", "output": "s3://b/p/", "job_id": "x", "sample_fps": 1.0}``
 - an S3 Event Notification (``Records[].s3``; keys arrive URL-encoded; ``s3:TestEvent`` is dropped)
 - either of those inside an SNS envelope (``"Type": "Notification"``, ``"Message": "<json>"``)
+
+Keys: an S3 event's key is URL-encoded ('+' or ``%20`` for a space); the ``video`` URL of
+framescale's own message is decoded by the same rule, and when no object has the decoded key
+the key as written is tried too (a key may hold a real '+' or '%'). ``?versionId=V`` at the end
+of a ``video`` URL (or ``s3.object.versionId`` in an event) pins that version of the object.
 """
 
 from __future__ import annotations
@@ -96,10 +101,23 @@ class JobRequest:
     output: S3Location | None = None
     job_id: str | None = None
     sample_fps: float | None = None
-    # From an S3 event, when it carried them: saves a round trip and pins the version seen.
-    etag: str | None = None
-    size: int | None = None
-    source: str = "framescale"
+    version_id: str | None = None  # pins this version of the video object
+    # The key exactly as the message wrote it, when decoding changed it: tried if the decoded one is not there.
+    literal: S3Location | None = None
+
+
+VERSION_QUERY = "?versionId="
+_VERSION_ID = re.compile(r"^[A-Za-z0-9._+/=-]{1,1024}$")
+
+
+def _video_url(url: str) -> tuple[str, str | None]:
+    """Split ``s3://b/k?versionId=V`` into the URL and the version id (None when it names none)."""
+    if not isinstance(url, str) or VERSION_QUERY not in url:
+        return url, None
+    base, _, version = url.rpartition(VERSION_QUERY)
+    if not _VERSION_ID.match(version):
+        raise InvalidMessage(f"video names an invalid versionId {version!r}")
+    return base, version
 
 
 @dataclass(frozen=True)
@@ -217,11 +235,17 @@ def _parse_own(document: dict[str, Any]) -> JobRequest:
         raise InvalidMessage(
             "output is empty: give an s3://bucket/prefix/ URL, or leave the field out for the worker's default"
         )
+    url, version_id = _video_url(message.video)
+    literal = parse_s3_url(url, what="video")
+    # URL-encoded as an S3 event's key is ('+' or %20 a space); the key as written stays a fallback.
+    video = parse_s3_url(f"s3://{literal.bucket}/{unquote_plus(literal.key)}", what="video")
     return JobRequest(
-        video=parse_s3_url(message.video, what="video"),
+        video=video,
         output=parse_s3_url(message.output, what="output", prefix=True) if message.output is not None else None,
         job_id=message.job_id,
         sample_fps=message.sample_fps,
+        version_id=version_id,
+        literal=literal if literal != video else None,
     )
 
 
@@ -246,24 +270,21 @@ def _parse_s3_event(records: Any) -> ParsedMessage:
         # S3 event keys are URL-encoded with '+' for spaces.
         key = unquote_plus(raw_key)
         location = parse_s3_url(f"s3://{bucket}/{key}", what=f"S3 event record {index}")
-        obj = s3.get("object") or {}
-        size = obj.get("size")
-        jobs.append(
-            JobRequest(
-                video=location,
-                etag=str(obj["eTag"]).strip('"') if obj.get("eTag") else None,
-                size=int(size) if isinstance(size, int) else None,
-                source="s3-event",
-            )
-        )
+        version = (s3.get("object") or {}).get("versionId")
+        if version is not None and not (isinstance(version, str) and _VERSION_ID.match(version)):
+            raise InvalidMessage(f"S3 event record {index} has an invalid s3.object.versionId")
+        # "null" is what S3 names the version of an object written before versioning was on.
+        jobs.append(JobRequest(video=location, version_id=version if version not in (None, "null") else None))
     if not jobs:
         return ParsedMessage(ignored_reason="S3 event without ObjectCreated records")
     return ParsedMessage(jobs=jobs)
 
 
-def derive_job_id(video: S3Location, etag: str) -> str:
-    """Deterministic id from bucket, key and ETag: a redelivered message maps to the same output."""
-    digest = hashlib.sha256(f"{video.bucket}\0{video.key}\0{etag.strip(chr(34))}".encode()).hexdigest()[:16]
+def derive_job_id(video: S3Location, etag: str, version_id: str | None = None) -> str:
+    """Deterministic id from bucket, key, ETag (and the version, when one is pinned): a
+    redelivered message maps to the same output."""
+    pinned = f"\0{version_id}" if version_id else ""
+    digest = hashlib.sha256(f"{video.bucket}\0{video.key}\0{etag.strip(chr(34))}{pinned}".encode()).hexdigest()[:16]
     stem = video.key.rsplit("/", 1)[-1].rsplit(".", 1)[0]
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-._")[:48]
     return f"{stem}-{digest}" if stem else digest

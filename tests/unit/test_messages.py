@@ -52,8 +52,7 @@ def test_own_form_only_video_leaves_defaults_to_config() -> None:
 def test_s3_event_key_is_url_decoded() -> None:
     (job,) = parse_message(json.dumps(s3_event("my+folder/clip%281%29.mp4"))).jobs
     assert job.video.key == "my folder/clip(1).mp4"
-    assert job.etag == "abc123"
-    assert job.size == 123
+    assert job.version_id is None and job.literal is None
 
 
 def test_s3_event_inside_sns_envelope() -> None:
@@ -191,3 +190,58 @@ def test_derived_job_id_is_deterministic_and_depends_on_etag() -> None:
     assert first != derive_job_id(video, "etag-2")
     assert first != derive_job_id(S3Location("videos", "dir/other.mp4"), "etag-1")
     assert first.startswith("My-Clip-")
+
+
+@pytest.mark.parametrize(
+    ("url", "key", "literal"),
+    [
+        ("s3://videos/my%20folder/clip%281%29.mp4", "my folder/clip(1).mp4", "my%20folder/clip%281%29.mp4"),
+        ("s3://videos/my+folder/a.mp4", "my folder/a.mp4", "my+folder/a.mp4"),
+        ("s3://videos/a%2Bb.mp4", "a+b.mp4", "a%2Bb.mp4"),
+        ("s3://videos/my folder/a.mp4", "my folder/a.mp4", None),  # already decoded: nothing to fall back to
+        ("s3://videos/plain.mp4", "plain.mp4", None),
+    ],
+)
+def test_own_message_keys_are_decoded_as_s3_event_keys_are(url: str, key: str, literal: str | None) -> None:
+    (job,) = parse_message(json.dumps({"video": url})).jobs
+    assert job.video == S3Location("videos", key)
+    assert job.literal == (S3Location("videos", literal) if literal else None)
+
+
+def test_an_encoded_control_character_is_refused_like_a_raw_one() -> None:
+    with pytest.raises(InvalidMessage, match="video key contains control characters"):
+        parse_message(json.dumps({"video": "s3://videos/a%0Ab.mp4"}))
+
+
+def test_a_version_id_pins_the_object_version() -> None:
+    (job,) = parse_message(json.dumps({"video": "s3://videos/a.mp4?versionId=3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY"})).jobs
+    assert job.video == S3Location("videos", "a.mp4")
+    assert job.version_id == "3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY"
+    (event_job,) = parse_message(
+        json.dumps(s3_event("a.mp4")).replace('"eTag": "abc123"', '"eTag": "abc123", "versionId": "v-7"')
+    ).jobs
+    assert event_job.version_id == "v-7"
+    (unversioned,) = parse_message(
+        json.dumps(s3_event("a.mp4")).replace('"eTag": "abc123"', '"eTag": "abc123", "versionId": "null"')
+    ).jobs
+    assert unversioned.version_id is None
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ('{"video": "s3://videos/a.mp4?versionId="}', "video names an invalid versionId ''"),
+        ('{"video": "s3://videos/a.mp4?versionId=a b"}', "video names an invalid versionId 'a b'"),
+        (json.dumps(s3_event("a.mp4")).replace('"eTag": "abc123"', '"versionId": 7'), "invalid s3.object.versionId"),
+    ],
+)
+def test_a_bad_version_id_is_refused(body: str, says: str) -> None:
+    with pytest.raises(InvalidMessage) as caught:
+        parse_message(body)
+    assert says in str(caught.value)
+
+
+def test_the_derived_job_id_includes_a_pinned_version() -> None:
+    video = S3Location("videos", "dir/clip.mp4")
+    assert derive_job_id(video, "e", "v1") != derive_job_id(video, "e", "v2") != derive_job_id(video, "e")
+    assert derive_job_id(video, "e", None) == derive_job_id(video, "e")

@@ -39,7 +39,15 @@ from framescale.worker.errors import (
 )
 from framescale.worker.geometry import Fit, fit_frame, plan_fit
 from framescale.worker.inference import answered_version, read_detections
-from framescale.worker.ports import Clock, ModelServer, ModelSignature, ObjectStore, PredictCall, SystemClock
+from framescale.worker.ports import (
+    Clock,
+    ModelServer,
+    ModelSignature,
+    ObjectInfo,
+    ObjectStore,
+    PredictCall,
+    SystemClock,
+)
 from framescale.worker.retry import RetryPolicy
 from framescale.worker.sampling import FrameSampler
 from framescale.worker.settings import WorkerSettings
@@ -95,7 +103,15 @@ class ResolvedJob:
     size: int
     output: S3Location  # the job's own folder: <output>/<job_id>/
     sample_fps: float
+    video: S3Location  # the object read: the message's key, or the key as written when only that exists
     version_id: str | None = None
+
+    def identity(self) -> dict[str, Any]:
+        """What names the input in the summary, and what another request for this job id must match."""
+        named: dict[str, Any] = {"url": self.video.url, "etag": self.etag}
+        if self.version_id:
+            named["version_id"] = self.version_id
+        return named
 
 
 @dataclass(frozen=True)
@@ -223,6 +239,7 @@ class JobRunner:
             with self._output_stage("resolve", job):
                 done = store.completed()
             if done is not None:
+                _same_input(job, done.summary)
                 if done.status is Completion.SKIPPED:
                     log.info("job already complete; results left as they are", extra={"stage": "resolve"})
             else:
@@ -243,6 +260,8 @@ class JobRunner:
         summary = self.summary(job, inference, stages.timings)
         with self._output_stage("commit", job):
             done = stages.timed("commit", lambda: store.commit(staged, summary))
+        if done.status is not Completion.SUCCEEDED:
+            _same_input(job, done.summary)  # another attempt's results: for this very input?
         return done, inference
 
     def _report(
@@ -264,7 +283,7 @@ class JobRunner:
             output_url=job.output.url if job else "",
             status=JobStatus(done.status.value) if done is not None and failure is None else JobStatus.FAILED,
             failure=failure,
-            summary=done.summary if done is not None else None,
+            summary=done.summary if done is not None and failure is None else None,
             frames_decoded=inference.frames_decoded if inference else 0,
             frames_sampled=inference.frames_sampled if inference else 0,
             detections=inference.detections if inference else 0,
@@ -294,13 +313,17 @@ class JobRunner:
 
     def resolve(self, request: JobRequest) -> ResolvedJob:
         video = request.video
+        shown = f"{video.url}?versionId={request.version_id}" if request.version_id else video.url
         try:
-            info = self.retry.call(lambda: self.store.head(video), cancel=self.cancel)
+            video, info = self._head(request)
         except NotFound:
-            raise PermanentJobError(f"video not found: {video.url}", stage="resolve") from None
+            raise PermanentJobError(f"video not found: {shown}", stage="resolve") from None
         except AccessDenied:
             raise PermanentJobError(
-                f"access denied to {video.url}: grant the worker's role s3:GetObject on it", stage="resolve"
+                f"access denied to {shown}: grant the worker's role s3:GetObject"
+                + (" and s3:GetObjectVersion" if request.version_id else "")
+                + " on it",
+                stage="resolve",
             ) from None
         except ServiceError as error:
             raise job_error(error, stage="resolve") from error
@@ -312,7 +335,7 @@ class JobRunner:
                 "(FRAMESCALE_WORKER_MAX_OBJECT_BYTES)",
                 stage="resolve",
             )
-        job_id = request.job_id or derive_job_id(video, info.etag or str(info.size))
+        job_id = request.job_id or derive_job_id(video, info.etag or str(info.size), request.version_id)
         base = request.output
         if base is None:
             if self.settings.output is None:
@@ -322,7 +345,26 @@ class JobRunner:
             bucket, _, prefix = self.settings.output[len("s3://") :].partition("/")
             base = S3Location(bucket, prefix if not prefix or prefix.endswith("/") else prefix + "/")
         sample_fps = request.sample_fps or self.settings.sample_fps
-        return ResolvedJob(request, job_id, info.etag, info.size, base.child(job_id, ""), sample_fps)
+        return ResolvedJob(
+            request, job_id, info.etag, info.size, base.child(job_id, ""), sample_fps, video, request.version_id
+        )
+
+    def _head(self, request: JobRequest) -> tuple[S3Location, ObjectInfo]:
+        """The video's object: at the message's (decoded) key, else at the key exactly as written."""
+        candidates = [request.video] + ([request.literal] if request.literal is not None else [])
+        for number, video in enumerate(candidates, 1):
+
+            def head(where: S3Location = video) -> ObjectInfo:
+                return self.store.head(where, version_id=request.version_id)
+
+            try:
+                info = self.retry.call(head, cancel=self.cancel)
+            except NotFound:
+                if number == len(candidates):
+                    raise
+                continue
+            return video, info
+        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------ download
 
@@ -331,7 +373,7 @@ class JobRunner:
     ) -> LocalVideo:
         """The video on local disk. The ETag pins the object version the job id was derived
         from: if the object is replaced mid-job, the GET fails and the retry resolves the new one."""
-        video = job.request.video
+        video = job.video
         path = folder / ("input" + Path(video.key).suffix[:16])
         with _stage("download"):
             self.retry.call(
@@ -446,7 +488,7 @@ class JobRunner:
         signature = self.model_signature()
         return results.job_summary(
             job_id=job.job_id,
-            input={"url": job.request.video.url, "etag": job.etag, "bytes": job.size},
+            input={**job.identity(), "bytes": job.size},
             output=job.output,
             model={
                 "name": self.model.model_name,
@@ -468,6 +510,31 @@ class JobRunner:
             timings=timings,
             model_calls=len(inference.model_latencies),
         )
+
+
+def _same_input(job: ResolvedJob, summary: dict[str, Any]) -> None:
+    """A job id names one input: results there for another video (or another version of it) are
+    not this job's. What the summary does not name (a record from before a field existed) is not held against it."""
+    found = summary.get("input")
+    theirs: dict[str, Any] = found if isinstance(found, dict) else {}
+    ours = job.identity()
+    differs = [
+        key
+        for key in ("url", "etag", "version_id")
+        if (key in theirs or key == "version_id") and theirs.get(key) != ours.get(key)
+    ]
+    if not differs:
+        return
+
+    def describe(named: dict[str, Any]) -> str:
+        version = f", version {named['version_id']}" if named.get("version_id") else ""
+        return f"{named.get('url')} (ETag {named.get('etag')}{version})"
+
+    raise PermanentJobError(
+        f"job id {job.job_id} already holds results for {describe(theirs)}, not for {describe(ours)}; "
+        "they were left as they are: send this video with another job_id, or with none (one is derived from it)",
+        stage="resolve",
+    )
 
 
 class PredictPipeline:

@@ -89,23 +89,40 @@ class Handled:
 
 
 def decide(reports: Sequence[JobReport], *, receive_count: int) -> MessageOutcome:
-    """What should become of a message whose jobs ended as ``reports`` (the failing one last)."""
-    failures = [(report, report.failure) for report in reports if report.failure is not None]
+    """What should become of a message whose jobs (one per S3 event record) ended as ``reports``.
+
+    A shutdown hands the message back; else any transient failure brings it back later (the
+    records already done are found done then, not run again); else permanent failures send it
+    to the dead-letter queue, each failed record with its own reason and notification.
+    """
+    failures = [report for report in reports if report.failure is not None]
+    by_kind = {kind: [r for r in failures if r.failure is not None and r.failure.kind is kind] for kind in FailureKind}
     if not failures:
         return MessageOutcome(Action.DELETE, reports=tuple(reports), receive_count=receive_count)
-    report, failure = failures[-1]
-    action = {
-        FailureKind.CANCELLED: Action.HAND_BACK,
-        FailureKind.TRANSIENT: Action.RETRY_LATER,
-        FailureKind.PERMANENT: Action.DEAD_LETTER,
-    }[failure.kind]
+    if by_kind[FailureKind.CANCELLED]:
+        action, chosen = Action.HAND_BACK, by_kind[FailureKind.CANCELLED]
+    elif by_kind[FailureKind.TRANSIENT]:
+        action, chosen = Action.RETRY_LATER, by_kind[FailureKind.TRANSIENT]
+    else:
+        action, chosen = Action.DEAD_LETTER, by_kind[FailureKind.PERMANENT]
+    first = chosen[0].failure
+    assert first is not None
+    reason = first.reason
+    if len(reports) > 1 and action is not Action.HAND_BACK:
+        # Say which records failed and why: "record 2 of 3 (s3://b/k): reason; ...".
+        reason = "; ".join(
+            f"record {reports.index(report) + 1} of {len(reports)} ({report.input_url}): "
+            f"{report.failure.stage}: {report.failure.reason}"
+            for report in chosen
+            if report.failure is not None
+        )
     return MessageOutcome(
         action,
-        reason=failure.reason,
-        stage=failure.stage if failure.kind is not FailureKind.CANCELLED else None,
+        reason=reason,
+        stage=first.stage if action is not Action.HAND_BACK else None,
         reports=tuple(reports),
         receive_count=receive_count,
-        failed=(report,) if action is Action.DEAD_LETTER else (),
+        failed=tuple(chosen) if action is Action.DEAD_LETTER else (),
     )
 
 
@@ -285,7 +302,9 @@ class SlotWorker:
                 report = _with_job_id(report, request.job_id or message.message_id)
             reports.append(report)
             if report.failure is not None:
-                break
+                if report.failure.kind is FailureKind.CANCELLED:
+                    break  # shutting down: the records after it wait for the next receive
+                continue  # every record is attempted; each failure keeps its own reason
             log.info(
                 "job " + report.status.value,
                 extra={
@@ -368,15 +387,16 @@ class SlotWorker:
             )
             return self._change_visibility(message, delay, Disposition.DELAYED, delay=delay)
         for failed in outcome.failed:
+            own = failed.failure or Failure(FailureKind.PERMANENT, reason, stage)
             log.error(
                 "job failed permanently; message moved to the dead-letter queue",
-                extra={"job_id": failed.job_id, "stage": stage, "reason": reason, "input": failed.input_url},
+                extra={"job_id": failed.job_id, "stage": own.stage, "reason": own.reason, "input": failed.input_url},
             )
             self.notifier.error(
                 job_id=failed.job_id,
                 input_url=failed.input_url,
                 output_url=failed.output_url or None,
-                reason=f"{stage}: {reason}",
+                reason=f"{own.stage}: {own.reason}",
             )
         return self._delete(message, Disposition.DEAD_LETTERED)
 

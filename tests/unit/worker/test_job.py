@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from framescale.messages import JobRequest, S3Location, parse_s3_url
+from framescale.messages import JobRequest, S3Location, parse_message, parse_s3_url
 from framescale.worker.errors import AccessDenied, NotFound, Throttled, Unavailable
 from framescale.worker.job import FailureKind, JobStatus
 from framescale.worker.sampling import expected_sample_count
@@ -188,3 +188,42 @@ def test_missing_video_is_not_found_typed_not_by_text(world: World) -> None:
     world.store.faults.fail("head", "clip", NotFound("HEAD", "gone"))
     report = world.runner().run(request())
     assert report.failure is not None and report.failure.reason == f"video not found: {VIDEO_URL}"
+
+
+def test_a_job_id_reused_for_another_video_is_refused_and_its_results_stay(world: World) -> None:
+    assert world.runner().run(request()).status is JobStatus.SUCCEEDED
+    summary = world.store.body("s3://out/results/job-1/summary.json")
+    other = "s3://videos/cam/other.mp4"
+    world.store.put(other, world.video.path.read_bytes() + b"\0")
+    report = world.runner().run(request(video=parse_s3_url(other, what="video")))
+    assert report.status is JobStatus.FAILED and report.failure is not None
+    assert report.failure.kind is FailureKind.PERMANENT
+    assert f"job id job-1 already holds results for {VIDEO_URL}" in report.failure.reason
+    assert f"not for {other}" in report.failure.reason and "another job_id" in report.failure.reason
+    assert world.store.body("s3://out/results/job-1/summary.json") == summary
+    assert report.summary is None, "the other video's results were reported as this job's"
+
+
+def test_a_job_id_reused_after_the_video_was_replaced_is_refused(world: World) -> None:
+    world.runner().run(request())
+    world.store.put(VIDEO_URL, world.video.path.read_bytes() + b"\0")  # a new ETag at the same key
+    report = world.runner().run(request())
+    assert report.failure is not None and "already holds results for" in report.failure.reason
+    # Without a job id, the new version gets its own.
+    assert world.runner().run(request(job_id=None)).status is JobStatus.SUCCEEDED
+
+
+def test_a_key_with_a_real_plus_is_found_as_written(world: World) -> None:
+    world.store.put("s3://videos/cam/a+b.mp4", world.video.path.read_bytes())
+    (parsed,) = parse_message(json.dumps({"video": "s3://videos/cam/a+b.mp4", "job_id": "plus"})).jobs
+    assert parsed.video.key == "cam/a b.mp4"  # decoded as an S3 event's key would be ...
+    report = world.runner().run(parsed)
+    assert report.status is JobStatus.SUCCEEDED  # ... and found under the key as written
+    assert report.summary is not None and report.summary["input"]["url"] == "s3://videos/cam/a+b.mp4"
+
+
+def test_an_encoded_key_is_decoded(world: World) -> None:
+    world.store.put("s3://videos/cam/my clip.mp4", world.video.path.read_bytes())
+    (parsed,) = parse_message(json.dumps({"video": "s3://videos/cam/my%20clip.mp4", "job_id": "space"})).jobs
+    report = world.runner().run(parsed)
+    assert report.summary is not None and report.summary["input"]["url"] == "s3://videos/cam/my clip.mp4"

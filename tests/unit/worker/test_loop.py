@@ -257,3 +257,58 @@ def test_run_handles_what_it_receives_until_stopped(world: World) -> None:
     worker.run()
     assert sorted(world.queue.deleted) == ["m-1", "m-2", "m-3"]
     assert len(world.publisher.messages(SUCCESS_TOPIC)) == 3
+
+
+def s3_record(key: str) -> dict:
+    return {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "videos"}, "object": {"key": key}}}
+
+
+def test_every_record_is_attempted_and_each_failure_has_its_own_reason(world: World) -> None:
+    world.store.put("s3://videos/cam/third.mp4", world.video.path.read_bytes())
+    keys = ["cam/clip.mp4", "cam/missing.mp4", "cam/third.mp4"]
+    message = world.queue.take(json.dumps({"Records": [s3_record(key) for key in keys]}))
+    handled = world.worker().handle(message)
+    assert handled.outcome.action is Action.DEAD_LETTER
+    (letter,) = dead_lettered(world)
+    assert reason_of(letter.attributes) == (
+        "record 2 of 3 (s3://videos/cam/missing.mp4): resolve: video not found: s3://videos/cam/missing.mp4"
+    )
+    done = world.publisher.messages(SUCCESS_TOPIC)
+    assert [n["requestParameters"]["inputLocation"] for n in done] == ["s3://videos/cam/clip.mp4",
+                                                                        "s3://videos/cam/third.mp4"]  # fmt: skip
+    (failed,) = world.publisher.messages(ERROR_TOPIC)
+    assert failed["requestParameters"]["inputLocation"] == "s3://videos/cam/missing.mp4"
+    assert failed["failureReason"] == "resolve: video not found: s3://videos/cam/missing.mp4"
+    assert world.queue.deleted == [message.message_id]
+
+
+def test_two_failing_records_are_both_named_and_notified(world: World) -> None:
+    keys = ["cam/gone-1.mp4", "cam/clip.mp4", "cam/gone-2.mp4"]
+    world.worker().handle(world.queue.take(json.dumps({"Records": [s3_record(key) for key in keys]})))
+    (letter,) = dead_lettered(world)
+    assert reason_of(letter.attributes).count("video not found") == 2
+    assert "record 1 of 3" in reason_of(letter.attributes) and "record 3 of 3" in reason_of(letter.attributes)
+    failed = world.publisher.messages(ERROR_TOPIC)
+    assert sorted(n["requestParameters"]["inputLocation"] for n in failed) == [
+        "s3://videos/cam/gone-1.mp4",
+        "s3://videos/cam/gone-2.mp4",
+    ]
+
+
+def test_a_transient_record_retries_the_message_without_redoing_the_finished_ones(world: World) -> None:
+    world.store.put("s3://videos/cam/flaky.mp4", world.video.path.read_bytes() + b"\0")
+    world.store.put("s3://videos/cam/third.mp4", world.video.path.read_bytes() + b"\0\0")
+    keys = ["cam/clip.mp4", "cam/flaky.mp4", "cam/third.mp4"]
+    world.queue.put(json.dumps({"Records": [s3_record(key) for key in keys]}))
+    world.store.faults.fail("download", "flaky", Unavailable("GET", "reset"), times=3)
+    (message,) = world.queue.receive(wait_seconds=0, visibility_seconds=60)
+    handled = world.worker().handle(message)
+    assert handled.outcome.action is Action.RETRY_LATER and "record 2 of 3" in (handled.outcome.reason or "")
+    assert [r.status.value for r in handled.outcome.reports] == ["succeeded", "failed", "succeeded"]
+    calls = len(world.model.batches)
+    world.clock.advance(handled.settlement.delay + 1)
+    (again,) = world.queue.receive(wait_seconds=0, visibility_seconds=60)
+    handled = world.worker().handle(again)
+    assert [r.status.value for r in handled.outcome.reports] == ["skipped", "succeeded", "skipped"]
+    assert len(world.model.batches) == calls + 1, "a finished record was run again"  # one Predict per job here
+    assert handled.settlement.disposition is Disposition.DELETED
