@@ -75,6 +75,14 @@ soak: setup helm ## Run the long racing and soak scenarios (marker soak)
 test-unit: $(MODELS_STAMP) ## Run the unit tests only
 	$(BIN)/pytest tests/unit -m 'not integration' $(PYTEST_ARGS)
 
+# mutmut over the worker core (messages, sampling, commit, the loop and its settling) and the
+# operator's policy and protection planning, against the fast unit tests only; prints the score
+# of each module and fails below 90% killed (tests/mutation.py; equivalent mutants are listed in
+# tests/mutation-equivalent.txt). A second run reuses the verdicts of unchanged code.
+.PHONY: mutate
+mutate: $(DEPS_STAMP) ## Mutation testing of the worker core and the operator's decisions (mutmut)
+	$(PY) tests/mutation.py
+
 .PHONY: test-operator
 test-operator: $(DEPS_STAMP) ## Run the operator's unit and integration tests (kopf against the API emulator)
 	$(BIN)/pytest tests/unit/operator tests/integration/operator $(PYTEST_ARGS)

@@ -233,6 +233,8 @@ class FakeStore:
         self.writes: collections.Counter[tuple[str, str]] = collections.Counter()  # every version ever written
         self.faults = _Faults()
         self.on_call: Callable[[str, str], None] = lambda operation, subject: None
+        self.content_types: dict[str, str] = {}  # URL -> the Content-Type it was last written with
+        self.copies: list[tuple[str, str, int | None]] = []  # (source key, destination URL, size given)
         self._lock = threading.Lock()
 
     # test helpers
@@ -288,12 +290,14 @@ class FakeStore:
     def upload(self, path: Path, where: S3Location, *, content_type: str) -> None:
         rule = self._check("upload", where.url)
         self._bucket(where.bucket)
+        self.content_types[where.url] = content_type
         self._write(where.bucket, where.key, path.read_bytes(), {})
         self._after(rule)
 
     def put_if_absent(self, where: S3Location, body: bytes, *, content_type: str) -> bool:
         rule = self._check("put_if_absent", where.url)
         self._bucket(where.bucket)
+        self.content_types.setdefault(where.url, content_type)
         with self._lock:
             if (where.bucket, where.key) in self.objects:
                 won = False
@@ -305,6 +309,7 @@ class FakeStore:
 
     def copy(self, source_key: str, where: S3Location, *, metadata: Mapping[str, str], size: int | None) -> None:
         rule = self._check("copy", where.url)
+        self.copies.append((source_key, where.url, size))
         source = self.objects.get((where.bucket, source_key))
         if source is None:
             raise NotFound(f"COPY s3://{where.bucket}/{source_key}", "NoSuchKey")

@@ -40,8 +40,11 @@ MODULES = [
 # The fast unit tests that can kill their mutants (no processes, no network, no files of the repo).
 TESTS = [
     "tests/unit/test_messages.py",
+    "tests/unit/test_message_reasons.py",
     "tests/unit/worker/test_sampling.py",
     "tests/unit/worker/test_commit.py",
+    "tests/unit/worker/test_commit_details.py",
+    "tests/unit/worker/test_loop_details.py",
     "tests/unit/worker/test_loop.py",
     "tests/unit/worker/test_job.py",
     "tests/unit/worker/test_gate.py",
