@@ -42,6 +42,7 @@ TESTS = [
     "tests/unit/test_messages.py",
     "tests/unit/test_message_reasons.py",
     "tests/unit/worker/test_sampling.py",
+    "tests/unit/worker/test_sampling_edges.py",
     "tests/unit/worker/test_commit.py",
     "tests/unit/worker/test_commit_details.py",
     "tests/unit/worker/test_loop_details.py",
