@@ -35,10 +35,11 @@ PROTECTED_BY_ANNOTATION = "framescale.io/protected-by"
 # Which of NODE_PROTECTION_ANNOTATIONS the operator added (comma-separated; empty: none, they
 # were already there). Only those are removed on release.
 ADDED_ANNOTATIONS_ANNOTATION = "framescale.io/added-annotations"
-# EC2 instance tags: the pipeline (namespace/name) that turned the flag on.
-SCALE_IN_MARKER = "framescale.io/scale-in-protected-by"
-TERMINATION_MARKER = "framescale.io/termination-protected-by"
-MARKER_TAGS = (SCALE_IN_MARKER, TERMINATION_MARKER)
+# EC2 instance tags: the pipeline (namespace/name) that turned the flag on. Defined in
+# framescale.names, as the operator's IAM policy (framescale.iam) names them too.
+SCALE_IN_MARKER = names.SCALE_IN_MARKER_TAG
+TERMINATION_MARKER = names.TERMINATION_MARKER_TAG
+MARKER_TAGS = names.PROTECTION_MARKER_TAGS
 NODE_PROTECTION_ANNOTATIONS = (
     names.CLUSTER_AUTOSCALER_SCALE_DOWN_DISABLED,
     names.KARPENTER_DO_NOT_DISRUPT,

@@ -39,6 +39,12 @@ KARPENTER_DO_NOT_DISRUPT = "karpenter.sh/do-not-disrupt"
 # handles the hook of this name unless the VideoPipeline names another.
 DEFAULT_LIFECYCLE_HOOK_NAME = "framescale-drain"
 
+# EC2 tags with which the operator marks each protection flag it turned on (value: the pipeline,
+# namespace/name), so that it only ever lifts its own; its IAM policy allows these keys alone.
+SCALE_IN_MARKER_TAG = "framescale.io/scale-in-protected-by"
+TERMINATION_MARKER_TAG = "framescale.io/termination-protected-by"
+PROTECTION_MARKER_TAGS = (SCALE_IN_MARKER_TAG, TERMINATION_MARKER_TAG)
+
 # Default label that selects the accelerator nodes the DaemonSet runs on.
 ACCELERATOR_NODE_LABEL = "framescale.io/accelerator"
 
