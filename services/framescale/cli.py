@@ -4,6 +4,8 @@
     framescale video photos OUT.mp4           a short video from photographs of people
     framescale submit QUEUE_URL VIDEO [--output s3://b/p/] [--job-id ID] [--sample-fps F]
     framescale check-message FILE|-           parse a job message as the worker would
+    framescale helm-values STACK... [--describe-stacks FILE|-] [--out FILE]
+                                              Helm values from pipeline stacks (deploy/cloudformation/)
     framescale demo                           the whole pipeline locally (make demo)
 
 AWS clients honour AWS_ENDPOINT_URL, so ``submit`` works against the local moto server too.
@@ -86,6 +88,56 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _helm_values(args: argparse.Namespace) -> int:
+    from framescale import helm_values
+
+    try:
+        if args.describe_stacks:
+            text = sys.stdin.read() if args.describe_stacks == "-" else Path(args.describe_stacks).read_text()
+            descriptions = helm_values.select(helm_values.parse_describe_stacks(text), args.stacks)
+        elif not args.stacks:
+            raise helm_values.StackOutputsError("name the stacks, or give --describe-stacks")
+        else:
+            descriptions = _described(args.stacks)
+        stacks = [helm_values.pipeline_stack(d) for d in descriptions]
+        values = helm_values.values_from_stacks(stacks)
+    except (helm_values.StackOutputsError, OSError) as error:
+        print(f"framescale helm-values: {error}", file=sys.stderr)
+        return 2
+    target = str(args.out) if args.out else "VALUES.yaml"
+    comments = [
+        f"Helm values for charts/framescale from the stack{'s' if len(stacks) > 1 else ''} "
+        + ", ".join(s.name for s in stacks)
+        + " (framescale helm-values).",
+        f"Install: {helm_values.install_command(stacks, target)}",
+    ]
+    text = helm_values.to_yaml(values, comments)
+    if args.out:
+        args.out.write_text(text)
+        print(f"wrote {args.out}; install with:\n  {helm_values.install_command(stacks, target)}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _described(stack_names: list[str]) -> list[dict[str, object]]:
+    """DescribeStacks for each name (AWS_ENDPOINT_URL honoured), errors made into one line."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from framescale import aws, helm_values
+
+    client = aws.client("cloudformation")
+    try:
+        return helm_values.describe_stacks(stack_names, client.describe_stacks)
+    except ClientError as error:
+        message = error.response.get("Error", {}).get("Message", str(error))
+        raise helm_values.StackOutputsError(f"cannot describe the stacks: {message}") from None
+    except BotoCoreError as error:
+        raise helm_values.StackOutputsError(f"cannot reach CloudFormation: {error}") from None
+    finally:
+        client.close()
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="framescale", description=__doc__.splitlines()[0])
     commands = root.add_subparsers(dest="command", required=True)
@@ -114,6 +166,19 @@ def parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-message", help="parse a job message as the worker would")
     check.add_argument("file", help="a file with the message body, or - for standard input")
     check.set_defaults(run=_check)
+
+    values = commands.add_parser(
+        "helm-values", help="Helm values from the outputs of pipeline stacks (deploy/cloudformation/)"
+    )
+    values.add_argument("stacks", nargs="*", help="stack names (with --describe-stacks: all of its stacks when none)")
+    values.add_argument(
+        "--describe-stacks",
+        metavar="FILE",
+        help="read the outputs from the JSON of `aws cloudformation describe-stacks` (- for standard input) "
+        "instead of calling CloudFormation",
+    )
+    values.add_argument("--out", "-o", type=Path, help="write the values here (default: standard output)")
+    values.set_defaults(run=_helm_values)
 
     demo = commands.add_parser("demo", help="run the whole pipeline locally")
     demo.set_defaults(run=lambda _: __import__("framescale.demo", fromlist=["main"]).main([]))
