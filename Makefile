@@ -96,12 +96,13 @@ bench: setup ## Run the benchmarks and the capacity simulator (bench/results/lat
 	$(PY) -m bench.run --models $(MODELS_DIR) --out bench/results/latest.json
 
 .PHONY: lint
-lint: $(DEPS_STAMP) ## Report problems (ruff, mypy, import contracts); changes nothing
+lint: $(DEPS_STAMP) ## Report problems (ruff, mypy, import contracts, cfn-lint); changes nothing
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(PY) -m framescale_operator.crd --check
+	$(BIN)/cfn-lint --include-checks I -- deploy/cloudformation/*.yaml
 
 .PHONY: format
 format: $(DEPS_STAMP) ## Fix what ruff can fix and format the code

@@ -130,7 +130,7 @@ def test_missing_outputs_are_named() -> None:
 
 @pytest.mark.parametrize("status", ["ROLLBACK_COMPLETE", "CREATE_IN_PROGRESS", "DELETE_COMPLETE", ""])
 def test_a_stack_that_did_not_deploy_is_refused(status: str) -> None:
-    with pytest.raises(helm_values.StackOutputsError, match="stack fs-main is .*outputs describe nothing usable"):
+    with pytest.raises(helm_values.StackOutputsError, match=r"stack fs-main is .*outputs describe nothing usable"):
         helm_values.pipeline_stack(description(status=status, **outputs()))
 
 
