@@ -9,6 +9,11 @@ it may touch and nothing wider; ``"*"`` appears only for actions that AWS does n
 resource.
 
 ``python -m framescale.iam`` prints the README's policies.
+
+A new AWS call in the worker or the operator needs its action here (in the statement whose
+resources it touches), in the template's statement of the same Sid, and in the chart README
+(paste what ``python -m framescale.iam`` prints); tests/unit/test_iam.py and tests/cloudformation
+fail until all three agree with the code.
 """
 
 from __future__ import annotations

@@ -53,7 +53,10 @@ def test_policy_grants_exactly_the_calls_the_code_makes(entry: str, policy) -> N
     calls = needed(entry)
     actions = granted(policy())
     missing = {action: where for action, where in calls.items() if action not in actions}
-    assert not missing, f"calls without their permission in framescale.iam: {missing}"
+    assert not missing, (
+        f"calls without their permission in framescale.iam: {missing}; add each action there, to the template's "
+        "statement of the same Sid (deploy/cloudformation/pipeline.yaml) and to the chart README"
+    )
     unused = actions - set(calls)
     assert not unused, f"permissions no call of {entry} needs: {sorted(unused)}"
 
@@ -227,6 +230,12 @@ def test_operator_marker_tags_are_the_ones_it_writes() -> None:
     assert protection.MARKER_TAGS == names.PROTECTION_MARKER_TAGS
     (marker,) = [s for s in sample_operator()["Statement"] if s["Sid"] == "OwnershipMarkerOnItsInstances"]
     assert marker["Condition"]["ForAllValues:StringEquals"]["aws:TagKeys"] == list(protection.MARKER_TAGS)
+
+
+def test_operator_readme_lists_every_aws_action_of_its_policy() -> None:
+    readme = (REPO / "operator" / "README.md").read_text()
+    missing = sorted(action for action in granted(sample_operator()) if f"`{action}`" not in readme)
+    assert not missing, f"operator/README.md does not name {missing}"
 
 
 def test_actions_of_operations_are_iam_actions() -> None:
