@@ -2,6 +2,7 @@
 
 Accepted SQS bodies (DESIGN.md, "Job message"):
 - framescale's own: ``{"video": "s3://b/k.mp4", "output": "s3://b/p/", "job_id": "x", "sample_fps": 1.0}``
+  (``"sample": "keyframes"`` instead of a rate samples one frame per keyframe)
 - an S3 Event Notification (``Records[].s3``; keys arrive URL-encoded; ``s3:TestEvent`` is dropped)
 - either of those inside an SNS envelope (``"Type": "Notification"``, ``"Message": "<json>"``)
 
@@ -17,7 +18,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import unquote_plus
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -102,6 +103,7 @@ class JobRequest:
     job_id: str | None = None
     sample_fps: float | None = None
     version_id: str | None = None  # pins this version of the video object
+    sample: str | None = None  # "fps" or "keyframes"; None: the worker's default
     # The key exactly as the message wrote it, when decoding changed it: tried if the decoded one is not there.
     literal: S3Location | None = None
 
@@ -135,6 +137,8 @@ class _OwnMessage(BaseModel):
     job_id: str | None = None
     # Strict: a JSON number only. Lax parsing would take ``true`` as 1.0 and ``"2"`` as 2.0.
     sample_fps: float | None = Field(default=None, gt=0, le=MAX_SAMPLE_FPS, strict=True, allow_inf_nan=False)
+    # "fps" samples sample_fps frames a second; "keyframes" one frame per keyframe (a fast scan).
+    sample: Literal["fps", "keyframes"] | None = None
 
     @field_validator("job_id")
     @classmethod
@@ -235,6 +239,10 @@ def _parse_own(document: dict[str, Any]) -> JobRequest:
         raise InvalidMessage(
             "output is empty: give an s3://bucket/prefix/ URL, or leave the field out for the worker's default"
         )
+    if message.sample == "keyframes" and message.sample_fps is not None:
+        # A rate and "every keyframe" contradict each other: guessing which was meant would
+        # give the sender results they did not ask for.
+        raise InvalidMessage('sample_fps cannot be combined with "sample": "keyframes" (which keeps every keyframe)')
     url, version_id = _video_url(message.video)
     literal = parse_s3_url(url, what="video")
     # URL-encoded as an S3 event's key is ('+' or %20 a space); the key as written stays a fallback.
@@ -246,6 +254,7 @@ def _parse_own(document: dict[str, Any]) -> JobRequest:
         sample_fps=message.sample_fps,
         version_id=version_id,
         literal=literal if literal != video else None,
+        sample=message.sample,
     )
 
 

@@ -126,7 +126,9 @@ def test_synthetic_videos_in_all_three_message_forms(aws_env, tmp_path: Path, st
         summary = summaries[job_id]
         assert summary["status"] == "succeeded" and summary["job_id"] == job_id
         assert summary["frames"]["sampled"] == len(lines)
-        assert summary["frames"]["decoded"] == video.frame_count
+        assert summary["frames"]["total"] == video.frame_count
+        assert summary["frames"]["sampled"] <= summary["frames"]["decoded"] <= video.frame_count
+        assert summary["frames"]["sample_mode"] == "fps" and summary["video"]["vfr"] is False
         assert summary["model"]["name"] == "synthetic"
         assert summary["label_counts"] == {label: len(lines) for label in synthetic.LABELS.values()}
         assert summary["video"]["width"] == video.width and summary["video"]["fps"] == pytest.approx(video.fps)

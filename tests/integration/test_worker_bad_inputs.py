@@ -53,7 +53,7 @@ def test_bad_inputs_are_dead_lettered_with_their_reasons(aws_env, tmp_path: Path
         ),
         "not-a-video": (
             json.dumps({"video": upload(stack, text), "job_id": "not-a-video"}),
-            "not a video OpenCV can open",
+            "not a video FFmpeg can read",
         ),
         "zero-frames": (
             json.dumps({"video": upload(stack, zero_frame_avi(tmp_path / "zero.avi")), "job_id": "zero-frames"}),
@@ -62,7 +62,7 @@ def test_bad_inputs_are_dead_lettered_with_their_reasons(aws_env, tmp_path: Path
         "empty-object": (json.dumps({"video": upload(stack, empty), "job_id": "empty-object"}), "empty (0 bytes)"),
         "truncated": (
             json.dumps({"video": upload(stack, truncated), "job_id": "truncated"}),
-            "not a video OpenCV can open",
+            "not a video FFmpeg can read",
         ),
         # Bodies that used to raise out of the parser (RecursionError, ValueError, UnicodeEncodeError).
         "deeply-nested": ("[" * 200_000, "nests arrays or objects more than"),

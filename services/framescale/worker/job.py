@@ -37,7 +37,7 @@ from framescale.worker.errors import (
     TransientJobError,
     job_error,
 )
-from framescale.worker.geometry import Fit, fit_frame, plan_fit
+from framescale.worker.geometry import Fit, plan_fit
 from framescale.worker.inference import answered_version, read_detections
 from framescale.worker.ports import (
     Clock,
@@ -49,7 +49,7 @@ from framescale.worker.ports import (
     SystemClock,
 )
 from framescale.worker.retry import RetryPolicy
-from framescale.worker.sampling import FrameSampler
+from framescale.worker.sampling import Sampling
 from framescale.worker.settings import WorkerSettings
 from framescale.worker.video import DecodeStats, VideoInfo, open_video, sampled_frames
 
@@ -105,6 +105,7 @@ class ResolvedJob:
     sample_fps: float
     video: S3Location  # the object read: the message's key, or the key as written when only that exists
     version_id: str | None = None
+    sample_mode: str = "fps"  # or "keyframes"
 
     def identity(self) -> dict[str, Any]:
         """What names the input in the summary, and what another request for this job id must match."""
@@ -345,8 +346,18 @@ class JobRunner:
             bucket, _, prefix = self.settings.output[len("s3://") :].partition("/")
             base = S3Location(bucket, prefix if not prefix or prefix.endswith("/") else prefix + "/")
         sample_fps = request.sample_fps or self.settings.sample_fps
+        # A rate in the message means fps mode, whatever the worker's default mode.
+        sample_mode = request.sample or ("fps" if request.sample_fps else self.settings.sample_mode)
         return ResolvedJob(
-            request, job_id, info.etag, info.size, base.child(job_id, ""), sample_fps, video, request.version_id
+            request,
+            job_id,
+            info.etag,
+            info.size,
+            base.child(job_id, ""),
+            sample_fps,
+            video,
+            request.version_id,
+            sample_mode,
         )
 
     def _head(self, request: JobRequest) -> tuple[S3Location, ObjectInfo]:
@@ -407,11 +418,12 @@ class JobRunner:
             frames = sampled_frames(
                 capture,
                 info,
-                FrameSampler(info.fps, job.sample_fps),
+                Sampling(job.sample_mode, job.sample_fps),
                 stats,
                 max_bad_ratio=self.settings.max_bad_frame_ratio,
                 should_stop=self.cancelled,
                 max_seconds=self.settings.max_duration_seconds,
+                fit=fit,  # frames come fitted to the model input (RGB), scaled once in YUV
             )
             pipeline = PredictPipeline(
                 self.model,
@@ -428,14 +440,14 @@ class JobRunner:
             detections = 0
             lines = folder / results.DETECTIONS_FILE
             with lines.open("w", encoding="utf-8") as out:
-                for (index, pts_ms), found in pipeline.run(self._batches(frames, fit, height, width)):
+                for (index, pts_ms), found in pipeline.run(self._batches(frames, height, width)):
                     out.write(results.frame_line(index, pts_ms, found))
                     counts.update(detection.label for detection in found)
                     detections += len(found)
         finally:
             capture.release()
         return InferenceResult(
-            video=VideoInfo(info.width, info.height, info.fps, max(info.frame_count, stats.decoded), info.codec),
+            video=info.measured(stats),
             lines=lines,
             frames_decoded=stats.decoded,
             frames_sampled=stats.sampled,
@@ -447,14 +459,14 @@ class JobRunner:
         )
 
     def _batches(
-        self, frames: Iterable[tuple[int, int, np.ndarray]], fit: Fit, height: int, width: int
+        self, frames: Iterable[tuple[int, int, np.ndarray]], height: int, width: int
     ) -> Iterator[tuple[np.ndarray, list[Frame]]]:
-        """Sampled frames, fitted to the model input, in batches of ``batch_size``."""
+        """Sampled frames (already fitted to the model input) in batches of ``batch_size``."""
         size = self.settings.batch_size
         batch = np.empty((size, height, width, 3), dtype=np.uint8)
         meta: list[Frame] = []
         for index, pts_ms, frame in frames:
-            fit_frame(frame, fit, batch[len(meta)])
+            batch[len(meta)] = frame
             meta.append((index, pts_ms))
             if len(meta) == size:
                 yield batch, meta
@@ -501,9 +513,11 @@ class JobRunner:
             },
             video=inference.video.as_json(),
             frames={
-                "decoded": inference.frames_decoded,
+                "total": inference.video.frame_count,  # in the video stream, counted by the demuxer
+                "decoded": inference.frames_decoded,  # the rest were skipped: no sample needed them
                 "sampled": inference.frames_sampled,
-                "sample_fps": job.sample_fps,
+                "sample_mode": job.sample_mode,
+                "sample_fps": job.sample_fps if job.sample_mode == "fps" else None,
             },
             detections=inference.detections,
             label_counts=inference.label_counts,

@@ -70,6 +70,10 @@ class WorkerSettings(ComponentSettings):
     max_in_flight: int = Field(default=3, ge=1, le=64, description="Predict requests in flight per job.")
     slots: int = Field(default=1, ge=1, le=64, description="Jobs processed at once (one process each).")
     sample_fps: float = Field(default=1.0, gt=0, description="Default frames per second sampled.")
+    sample_mode: Literal["fps", "keyframes"] = Field(
+        default="fps",
+        description="Default sampling: `fps` (SAMPLE_FPS frames a second) or `keyframes` (one frame per keyframe).",
+    )
 
     # --- SQS behaviour
     wait_time_seconds: int = Field(default=20, ge=0, le=20, description="SQS long-poll wait.")
