@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
 from framescale.messages import InvalidMessage, parse_message
-from framescale.worker.job import JobReport, JobRunner
 from framescale.worker.settings import WorkerSettings
+from tests.unit.worker.conftest import VIDEO_URL, World
 
 QUEUE = "https://sqs.us-east-1.amazonaws.com/1/q"
 
@@ -50,11 +49,6 @@ def test_the_settings_validate_the_mode(monkeypatch: pytest.MonkeyPatch) -> None
         WorkerSettings(queue_url=QUEUE)
 
 
-class HeadOnly:
-    def head_object(self, **_: Any) -> dict[str, Any]:
-        return {"ContentLength": 10, "ETag": '"e"'}
-
-
 @pytest.mark.parametrize(
     ("default_mode", "body", "mode", "fps"),
     [
@@ -65,8 +59,7 @@ class HeadOnly:
         ("keyframes", {"sample": "fps"}, "fps", 1.0),
     ],
 )
-def test_which_mode_a_job_runs(tmp_path: Path, default_mode: str, body: dict[str, Any], mode: str, fps: float) -> None:
-    settings = WorkerSettings(queue_url=QUEUE, output="s3://out/results/", sample_mode=default_mode, work_dir=tmp_path)
-    runner = JobRunner(settings, HeadOnly(), model=None)  # type: ignore[arg-type]
-    resolved = runner.resolve(job(body), JobReport())
+def test_which_mode_a_job_runs(world: World, default_mode: str, body: dict[str, Any], mode: str, fps: float) -> None:
+    (request,) = parse_message(json.dumps({"video": VIDEO_URL, **body})).jobs
+    resolved = world.runner(sample_mode=default_mode, sample_fps=1.0).resolve(request)
     assert (resolved.sample_mode, resolved.sample_fps) == (mode, fps)

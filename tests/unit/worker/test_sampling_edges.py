@@ -1,14 +1,17 @@
-"""The sampler's edges: slow sources, one frame, none, and its refusals."""
+"""The sampler's edges: slow sources, one frame, none, and its refusals (by presentation time)."""
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import pytest
 
-from framescale.worker.sampling import FrameSampler, expected_sample_count
+from framescale.worker.sampling import FrameSampler, exact_rate, expected_sample_count
 
 
 def kept(frames: int, source: float, sample: float) -> list[int]:
-    sampler = FrameSampler(source, sample)
+    time_base = 1 / exact_rate(source)  # frame i at tick i
+    sampler = FrameSampler(sample, time_base)
     return [i for i in range(frames) if sampler.keep(i)]
 
 
@@ -29,13 +32,13 @@ def test_many_samples_in_a_row_stay_on_time() -> None:
 
 
 @pytest.mark.parametrize(
-    ("source", "sample", "says"),
+    ("sample", "time_base", "says"),
     [
-        (0.0, 1.0, "source frame rate must be positive, got 0.0"),
-        (float("inf"), 1.0, "source frame rate must be positive, got inf"),
-        (10.0, 0.0, "sample rate must be positive, got 0.0"),
+        (0.0, Fraction(1, 30), "sample rate must be a positive number, got 0.0"),
+        (float("inf"), Fraction(1, 30), "sample rate must be a positive number, got inf"),
+        (1.0, Fraction(0), "time base must be positive, got 0"),
     ],
 )
-def test_rates_that_cannot_sample_are_refused(source: float, sample: float, says: str) -> None:
+def test_rates_that_cannot_sample_are_refused(sample: float, time_base: Fraction, says: str) -> None:
     with pytest.raises(ValueError, match=f"^{says}$"):
-        FrameSampler(source, sample)
+        FrameSampler(sample, time_base)
