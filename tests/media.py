@@ -137,6 +137,15 @@ def mpegts_late_start() -> Path:
     )  # fmt: skip
 
 
+def rotated() -> Path:
+    """64x48 H.264 whose display matrix turns it 90 degrees (how a phone held upright records)."""
+    source = make(
+        "upright-source.mp4",
+        ["-f", "lavfi", "-i", "testsrc=size=64x48:rate=10:duration=1", "-c:v", "libx264", "-pix_fmt", "yuv420p"],
+    )
+    return make("rotated.mp4", ["-display_rotation", "90", "-i", str(source), "-c", "copy"])
+
+
 def unknown_codec_avi() -> Path:
     """An MJPEG AVI whose FourCC is changed to one no FFmpeg decoder knows (QQQQ)."""
     source = make("mjpeg.avi", ["-f", "lavfi", "-i", f"testsrc={_SMALL}:rate=10:duration=1", "-c:v", "mjpeg"])
