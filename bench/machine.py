@@ -14,6 +14,7 @@ from bench import procfs
 PACKAGES = (
     "framescale",
     "numpy",
+    "av",
     "opencv-python-headless",
     "grpcio",
     "protobuf",
@@ -63,6 +64,16 @@ def ffmpeg_version(executable: str) -> str | None:
     return first[0] if first else None
 
 
+def pyav_ffmpeg_version() -> str | None:
+    """The FFmpeg libraries bundled in PyAV's wheel (what the worker decodes with)."""
+    try:
+        import av
+    except ImportError:
+        return None
+    version = getattr(av, "ffmpeg_version_info", None)
+    return str(version) if version else None
+
+
 def describe() -> dict[str, Any]:
     return {
         "cpu_model": _cpu_model(),
@@ -74,5 +85,6 @@ def describe() -> dict[str, Any]:
         "os": platform.platform(),
         "python": platform.python_version(),
         "packages": {name: _version(name) for name in PACKAGES},
+        "pyav_ffmpeg": pyav_ffmpeg_version(),
         "load_average_at_start": procfs.load_average(),
     }
