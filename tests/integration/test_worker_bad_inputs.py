@@ -70,6 +70,14 @@ def test_bad_inputs_are_dead_lettered_with_their_reasons(aws_env, tmp_path: Path
         "lone-surrogate": (f'{{"video": "s3://{stack.input_bucket}/\\ud800.mp4"}}', "not valid Unicode"),
         "boolean-sample-fps": (json.dumps({"video": "s3://videos/a.mp4", "sample_fps": True}), "sample_fps"),
         "empty-output": (json.dumps({"video": "s3://videos/a.mp4", "output": ""}), "output is empty"),
+        "unknown-sample-mode": (
+            json.dumps({"video": "s3://videos/a.mp4", "sample": "every-frame"}),
+            "sample: Input should be 'fps' or 'keyframes'",
+        ),
+        "keyframes-with-a-rate": (
+            json.dumps({"video": "s3://videos/a.mp4", "sample": "keyframes", "sample_fps": 2}),
+            "cannot be combined",
+        ),
     }
     for body, _ in cases.values():
         enqueue(stack, body)

@@ -29,8 +29,8 @@ def test_the_message_names_a_mode() -> None:
 @pytest.mark.parametrize(
     ("body", "says"),
     [
-        ({"sample": "every-frame"}, "sample"),
-        ({"sample": 1}, "sample"),
+        ({"sample": "every-frame"}, "sample: Input should be 'fps' or 'keyframes'"),
+        ({"sample": 1}, "sample: Input should be 'fps' or 'keyframes'"),
         ({"sample": None, "simple": "keyframes"}, "simple"),
         ({"sample": "keyframes", "sample_fps": 1}, "cannot be combined"),
     ],
