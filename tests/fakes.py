@@ -464,3 +464,69 @@ def detections_response(frames: np.ndarray, version: int) -> pb.PredictResponse:
     to_tensor_proto(np.ones((count, 1), np.float32), out=response.outputs["detection_classes"])
     to_tensor_proto(np.ones(count, np.float32), out=response.outputs["num_detections"])
     return response
+
+
+# --------------------------------------------------------------------------- Leases
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch, as the API server applies ``application/merge-patch+json``."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+class FakeLeases:
+    """Leases in memory behind framescale.worker.lease.LeaseApi; ``failing`` makes every call raise
+    (an API server that is down). Thread-safe: a keeper and a test's "operator" share one."""
+
+    def __init__(self) -> None:
+        self.leases: dict[tuple[str, str], dict[str, Any]] = {}
+        self.failing = False
+        self.calls: list[str] = []
+        self._lock = threading.Lock()
+
+    def _check(self, call: str) -> None:
+        self.calls.append(call)
+        if self.failing:
+            raise ConnectionError(f"{call}: the API server is not answering")
+
+    def read(self, name: str, namespace: str) -> dict[str, Any] | None:
+        with self._lock:
+            self._check("read")
+            stored = self.leases.get((namespace, name))
+            return merge_patch({}, stored) if stored is not None else None
+
+    def patch(self, name: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        from framescale.worker.lease import LeaseMissing
+
+        with self._lock:
+            self._check("patch")
+            if (namespace, name) not in self.leases:
+                raise LeaseMissing(name)
+            self.leases[(namespace, name)] = merge_patch(self.leases[(namespace, name)], body)
+            return merge_patch({}, self.leases[(namespace, name)])
+
+    def create(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            self._check("create")
+            name = body["metadata"]["name"]
+            if (namespace, name) in self.leases:
+                raise RuntimeError("409 AlreadyExists")
+            self.leases[(namespace, name)] = merge_patch({}, body)
+            return merge_patch({}, body)
+
+    def operator_patch(self, name: str, namespace: str, body: dict[str, Any]) -> None:
+        """What the operator writes (admission, drain requests), never failing."""
+        with self._lock:
+            self.leases[(namespace, name)] = merge_patch(self.leases.get((namespace, name), {}), body)
+
+    def annotations(self, name: str, namespace: str) -> dict[str, str]:
+        with self._lock:
+            return dict((self.leases.get((namespace, name)) or {}).get("metadata", {}).get("annotations") or {})

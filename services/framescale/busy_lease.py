@@ -156,6 +156,7 @@ class WorkerState(StrEnum):
     STARTING = "starting"  # up, not yet sure of its Lease: takes no job
     IDLE = "idle"  # taking jobs, none in hand
     BUSY = "busy"  # at least one job in hand
+    DRAINING = "draining"  # a finish request stands: takes no new job, finishes those in hand
     DRAINED = "drained"  # answered a drain request "drained": no job in hand, none will start
     STOPPING = "stopping"  # shutting down (SIGTERM): takes no new job, hands back what it must
 
