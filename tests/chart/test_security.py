@@ -156,7 +156,7 @@ def test_worker_role_allows_only_leases(rendered_pipelines: Rendered) -> None:
     assert len(roles) == len(rendered_pipelines.values["pipelines"])
     for role in roles:
         assert role["rules"] == [
-            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create", "patch"]}
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "patch"]}
         ]
     service_accounts = {
         ds["spec"]["template"]["spec"]["serviceAccountName"] for ds in rendered_pipelines.of_kind("DaemonSet")

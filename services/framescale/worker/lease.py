@@ -175,9 +175,11 @@ class LeaseKeeper:
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], datetime] = lambda: datetime.now(UTC),
         metrics: KeeperMetrics | None = None,
+        on_answer: Callable[[DrainReply, int], None] | None = None,
     ) -> None:
         """``monotonic`` must be the clock the gate's slots check (CLOCK_MONOTONIC in production);
-        ``wall`` only stamps what the Lease says."""
+        ``wall`` only stamps what the Lease says. ``on_answer(reply, jobs_in_hand)`` hears each
+        drain answer as it is decided (fake nodes record them)."""
         self.api = api
         self.gate = gate
         self.identity = identity
@@ -186,6 +188,7 @@ class LeaseKeeper:
         self.monotonic = monotonic
         self.wall = wall
         self.metrics = metrics or _NoMetrics()
+        self.on_answer = on_answer
         self.margin = renewal_margin(duration_seconds)
         self.record: LeaseRecord | None = None  # the Lease as last read or written
         self.state = WorkerState.STARTING
@@ -294,6 +297,8 @@ class LeaseKeeper:
         self._reply = DrainReply(request, verdict)
         self.answers.append(self._reply)
         self.metrics.drain_answered(verdict)
+        if self.on_answer is not None:
+            self.on_answer(self._reply, in_hand)
         log.info(
             "drain request answered",
             extra={"node": self.identity.node_name, "verdict": verdict.value, "mode": record.drain_mode.value},

@@ -65,7 +65,25 @@ class WorkerMetrics:
         self.slot_restarts = Counter(
             "framescale_worker_slot_restarts_total", "Slot processes restarted after they died", registry=r
         )
-        self.busy = Gauge("framescale_worker_node_busy", "1 while this node holds a busy Lease", registry=r)
+        self.busy = Gauge("framescale_worker_node_busy", "1 while this node has a job in hand", registry=r)
+        self.drain_requests = Counter(
+            "framescale_worker_drain_requests_total",
+            "Drain requests answered, by verdict (drained: idle and fenced; refused: a job was in hand)",
+            ["verdict"],
+            registry=r,
+        )
+        self.lease_renew_failures = Counter(
+            "framescale_worker_lease_renew_failures_total",
+            "Failed renewals of the node Lease (past its duration the node takes no new job)",
+            registry=r,
+        )
+
+    # The Lease keeper's (framescale.worker.lease.KeeperMetrics).
+    def drain_answered(self, verdict: Any) -> None:
+        self.drain_requests.labels(str(verdict.value)).inc()
+
+    def lease_renew_failed(self) -> None:
+        self.lease_renew_failures.inc()
 
     def observe(self, event: dict[str, Any]) -> None:
         """Apply one event from a slot process."""

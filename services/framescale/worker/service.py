@@ -1,7 +1,8 @@
 """The worker process tree: a supervisor and one process per slot.
 
-The supervisor owns what is per node: the health/metrics endpoint, the busy Lease, and
-restarting slots that die. Each slot process runs SlotWorker on one job at a time, so a
+The supervisor owns what is per node: the health/metrics endpoint, the node Lease (its keeper,
+framescale.worker.lease, which opens and fences the slots' job-start gate), and restarting
+slots that die. Each slot process runs SlotWorker on one job at a time, so a
 crash (or a poison message) takes down one job, whose message then reappears. Each slot
 reports its job starts and ends over a pipe of its own, which the supervisor's main loop
 polls: a slot killed mid-write garbles only its own pipe, and a restarted slot gets a
@@ -35,7 +36,7 @@ from framescale.worker.adapters import S3Store, SnsPublisher, SqsQueue, find_dea
 from framescale.worker.gate import JobGate, SlotGate
 from framescale.worker.health import HealthServer
 from framescale.worker.inference import ModelClient
-from framescale.worker.lease import BusyLease, kubernetes_coordination_api
+from framescale.worker.lease import LeaseIdentity, LeaseKeeper, kubernetes_lease_api
 from framescale.worker.loop import SlotWorker
 from framescale.worker.metrics import WorkerMetrics
 from framescale.worker.ports import ModelServer
@@ -156,7 +157,7 @@ class SupervisorClients:
 
     sqs: Any  # a boto3 SQS client: the queue's attributes, its dead-letter queue, hand-backs
     model: ModelServer  # for /readyz
-    coordination: Callable[[], Any] = kubernetes_coordination_api  # the Lease API, made only when enabled
+    leases: Callable[[], Any] = kubernetes_lease_api  # the Lease API (worker.lease.LeaseApi), made only when enabled
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> SupervisorClients:
@@ -181,11 +182,12 @@ class Supervisor:
         self.signals = 0
         self.dead_letter_queue_url = ""
         self.health: HealthServer | None = None
-        self.lease: BusyLease | None = None
+        self.lease: LeaseKeeper | None = None
         self.sqs: Any = None
         self._model: ModelServer | None = None
         self._context = processes or multiprocessing.get_context("spawn")
-        # Whether a slot may start a job: shut until the node may take jobs, and by stopping.
+        # Whether a slot may start a job: shut until the node may take jobs (with a Lease: until the
+        # keeper sees it admitted, and only until its renewal could lapse), and from a stop on.
         self.gate = JobGate.for_processes(settings.slots, self._context)
         self._deaths: dict[int, collections.deque[float]] = collections.defaultdict(collections.deque)
         self._last_tick = time.monotonic()
@@ -225,15 +227,23 @@ class Supervisor:
             ).start()
         if self.settings.lease_enabled:
             assert self.settings.node_name is not None  # checked by the settings validator
-            self.lease = BusyLease(
-                self.clients.coordination(),
+            identity = LeaseIdentity(
                 node_name=self.settings.node_name,
                 namespace=self.settings.namespace,
                 holder=self.settings.pod_name or f"framescale-worker-{os.getpid()}",
-                duration_seconds=self.settings.lease_duration_seconds,
                 pipeline=self.settings.pipeline_name,
+            )
+            # The keeper opens the gate once the operator admits this node, and fences it for drains.
+            self.lease = LeaseKeeper(
+                self.clients.leases(),
+                self.gate,
+                identity,
+                duration_seconds=self.settings.lease_duration_seconds,
+                poll_seconds=self.settings.lease_poll_seconds,
+                metrics=self.metrics,
             ).start()
-        self.gate.open()
+        else:
+            self.gate.open()  # no Lease, no operator to ask (a local run): open for good
         for slot in range(self.settings.slots):
             self._spawn(slot)
         log.info(
@@ -287,6 +297,8 @@ class Supervisor:
         self.signals += 1
         self.stopping = True
         self.gate.shut()  # no job starts from here on (the slots' own flag says so too, once signalled)
+        if self.lease is not None:
+            self.lease.begin_stopping()  # the Lease says "stopping" and the keeper never reopens the gate
         if self.signals > 1 and self._hurry_at is None:
             self._hurry_at = time.monotonic()
         log.info("stop requested", extra={"signal": signum, "count": self.signals})
@@ -418,13 +430,11 @@ class Supervisor:
         self.metrics.jobs_in_progress.set(busy)
         self.metrics.busy.set(1 if busy else 0)
         if self.lease is not None:
-            self.lease.set_active(busy)
+            self.lease.poke()  # the Lease says how many jobs are in hand (the gate's count) at once
 
     def close(self) -> None:
         if self.lease is not None:
-            self.lease.set_active(0)
-            time.sleep(0.2)
-            self.lease.stop()
+            self.lease.stop()  # a last write: "stopping", the jobs the slots still hold (none by now)
         if self.health is not None:
             self.health.stop()
         if isinstance(self._model, ModelClient):

@@ -116,13 +116,24 @@ class WorkerSettings(ComponentSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
 
-    # --- busy-node Lease (Kubernetes only)
-    lease_enabled: bool = Field(default=False, description="Hold a busy Lease for this node while jobs run.")
+    # --- the node Lease and the drain handshake (Kubernetes only)
+    lease_enabled: bool = Field(
+        default=False,
+        description="Hold this node's Lease while the worker runs; take jobs only once the operator admits the node.",
+    )
     node_name: str | None = Field(default=None, description="This node's name (downward API spec.nodeName).")
     pod_name: str | None = Field(default=None, description="This pod's name (downward API), the Lease holder.")
-    namespace: str = Field(default="default", description="Namespace of the busy Lease.")
+    namespace: str = Field(default="default", description="Namespace of the node Lease.")
     pipeline_name: str | None = Field(default=None, description="VideoPipeline this worker serves.")
-    lease_duration_seconds: int = Field(default=60, ge=10, le=3600)
+    lease_duration_seconds: int = Field(
+        default=60, ge=10, le=3600, description="Seconds the node Lease lasts without renewal; renewed every third."
+    )
+    lease_poll_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=10,
+        description="How often the Lease is read for drain requests and admission: a drain is answered within about this.",
+    )
 
     # Field validators (not one model validator) so each error is reported under the
     # variable to change; a check across fields sits on the later field and names both.

@@ -1,0 +1,246 @@
+"""Fake nodes (framescale.local.fake_node) over the real local stack: the Kubernetes API emulator
+over HTTP and the moto server. They run the worker's own Lease keeper and job-start gate; here the
+test plays the operator with the busy_lease patch builders."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from framescale import busy_lease
+from framescale.busy_lease import DrainMode, WorkerState
+from framescale.local import stack as local_stack
+from framescale.local.fake_node import FakeNode, FakeNodeConfig, write_kubeconfig
+from framescale.worker.lease import renewal_margin
+from tests.integration.operator.kube_emulator import EmulatorThread
+from tests.support import client, unique, wait_for
+
+pytestmark = [pytest.mark.integration]
+
+NS = "video"
+OWNER = "video/detect"
+
+
+def lease_url(server: str, node: str) -> str:
+    return f"{server}/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/{busy_lease.lease_name(node)}"
+
+
+def read_record(server: str, node: str) -> busy_lease.LeaseRecord | None:
+    try:
+        with urllib.request.urlopen(lease_url(server, node), timeout=5) as response:
+            return busy_lease.parse_lease(json.loads(response.read()))
+    except urllib.error.HTTPError as error:
+        if error.code == 404:
+            return None
+        raise
+
+
+def operator_patch(server: str, node: str, body: dict[str, Any]) -> None:
+    """What the operator writes on a node's Lease: a merge patch of its own keys."""
+    request = urllib.request.Request(
+        lease_url(server, node),
+        data=json.dumps(body).encode(),
+        method="PATCH",
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
+    with urllib.request.urlopen(request, timeout=5):
+        pass
+
+
+def admit_when_seen(server: str, node: str) -> None:
+    wait_for(lambda: read_record(server, node), timeout=30, what=f"{node}'s Lease")
+    operator_patch(server, node, busy_lease.admit_patch(OWNER))
+
+
+def send(queue_url: str, count: int, prefix: str = "job") -> None:
+    sqs = client("sqs")
+    for n in range(count):
+        sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps({"job": f"{prefix}-{n}"}))
+
+
+def queue_counts(queue_url: str) -> tuple[int, int]:
+    attributes = client("sqs").get_queue_attributes(
+        QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    )["Attributes"]
+    return int(attributes["ApproximateNumberOfMessages"]), int(attributes["ApproximateNumberOfMessagesNotVisible"])
+
+
+def done(events: list[dict[str, Any]]) -> list[str]:
+    return [e["message_id"] for e in events if e["event"] == "job_ended" and e["outcome"] == "done"]
+
+
+def config(tmp_path: Path, server: str, queue_url: str, node: str, **changes: Any) -> FakeNodeConfig:
+    values: dict[str, Any] = {
+        "node_name": node,
+        "queue_url": queue_url,
+        "namespace": NS,
+        "pipeline": "detect",
+        "kubeconfig": str(write_kubeconfig(tmp_path / f"kubeconfig-{node}", server)),
+        "record_path": tmp_path / f"{node}.jsonl",
+        "job_seconds": (0.1, 0.3),
+        "lease_duration_seconds": 10.0,
+        "lease_poll_seconds": 0.2,
+        "wait_seconds": 1,
+        "seed": 1,
+    }
+    values.update(changes)
+    return FakeNodeConfig(**values)
+
+
+def test_a_fake_node_waits_for_admission_works_drains_and_reopens(
+    aws_env: dict[str, str], tmp_path: Path, kube_api: EmulatorThread
+) -> None:
+    stack = local_stack.provision(unique("fake"))
+    node_name = unique("ip-10-0-0")
+    send(stack.queue_url, 3, "early")
+    node = FakeNode(config(tmp_path, kube_api.url, stack.queue_url, node_name)).start()
+    try:
+        lease = wait_for(lambda: read_record(kube_api.url, node_name), timeout=30, what="the Lease")
+        assert lease.state == WorkerState.STARTING
+        time.sleep(1.5)
+        assert node.events == [] and queue_counts(stack.queue_url) == (3, 0), "a job before admission"
+        operator_patch(kube_api.url, node_name, busy_lease.admit_patch(OWNER))
+        wait_for(lambda: len(done(node.events)) == 3, timeout=30, what="the 3 jobs")
+
+        token = busy_lease.new_drain_token()
+        operator_patch(kube_api.url, node_name, busy_lease.drain_request_patch(token, OWNER))
+        asked = time.monotonic()
+        drained = wait_for(
+            lambda: (r := read_record(kube_api.url, node_name)) is not None and r.drained_for(token),
+            timeout=10,
+            what="the drained reply",
+            interval=0.05,
+        )
+        assert drained and time.monotonic() - asked < 2.0, "a drain is answered within about the poll period"
+        send(stack.queue_url, 2, "late")
+        time.sleep(2.0)
+        assert len(done(node.events)) == 3, "a drained node took a job"
+        assert queue_counts(stack.queue_url)[0] == 2
+        operator_patch(kube_api.url, node_name, busy_lease.withdraw_drain_patch())
+        wait_for(lambda: len(done(node.events)) == 5, timeout=30, what="the jobs after withdrawal")
+    finally:
+        node.stop()
+    assert Counter(done(node.events)).most_common(1)[0][1] == 1, "a message done twice"
+    final = read_record(kube_api.url, node_name)
+    assert final is not None and final.state == WorkerState.STOPPING and final.active_jobs == 0
+    assert kube_api.server_errors() == []
+
+
+def test_finish_drain_waits_for_the_job_in_hand(
+    aws_env: dict[str, str], tmp_path: Path, kube_api: EmulatorThread
+) -> None:
+    stack = local_stack.provision(unique("fake"))
+    node_name = unique("ip-10-0-1")
+    node = FakeNode(config(tmp_path, kube_api.url, stack.queue_url, node_name, job_seconds=(3.0, 3.0))).start()
+    try:
+        admit_when_seen(kube_api.url, node_name)
+        send(stack.queue_url, 1)
+        wait_for(lambda: node.jobs_in_hand() == 1, timeout=30, what="a job in hand")
+        token = busy_lease.new_drain_token()
+        operator_patch(kube_api.url, node_name, busy_lease.drain_request_patch(token, OWNER, DrainMode.FINISH))
+        draining = wait_for(
+            lambda: (r := read_record(kube_api.url, node_name)) is not None and r.state == WorkerState.DRAINING and r,
+            timeout=5,
+            what="the Lease to say draining",
+        )
+        assert draining.active_jobs == 1 and draining.drain_reply is None
+        wait_for(
+            lambda: (r := read_record(kube_api.url, node_name)) is not None and r.drained_for(token),
+            timeout=15,
+            what="drained once the job is done",
+        )
+        assert len(done(node.events)) == 1, "drained before the job was done"
+    finally:
+        node.stop()
+
+
+def test_a_node_that_cannot_renew_its_lease_takes_no_job_after_it_could_lapse(
+    aws_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The API server goes away (here: the emulator stops): the gate shuts by itself at the last
+    renewal + duration - margin, and messages sent after that stay in the queue."""
+    stack = local_stack.provision(unique("fake"))
+    emulator = EmulatorThread().start()
+    node_name = unique("ip-10-0-2")
+    duration = 6.0
+    node = FakeNode(
+        config(tmp_path, emulator.url, stack.queue_url, node_name, lease_duration_seconds=duration)
+    ).start()
+    try:
+        admit_when_seen(emulator.url, node_name)
+        wait_for(lambda: node.gate.is_open, timeout=10, what="the gate to open")
+        emulator.stop()
+        renewed = node.keeper.renewed_at
+        assert renewed is not None
+        lapse = renewed + duration - renewal_margin(duration)
+        wait_for(lambda: time.monotonic() > lapse + 0.2, timeout=duration + 5, what="the lapse moment")
+        # The keeper may have renewed once more just before the emulator stopped.
+        last = node.keeper.renewed_at
+        assert last is not None
+        wait_for(lambda: time.monotonic() > last + duration, timeout=duration + 5, what="the last lapse")
+        assert not node.gate.is_open and node.keeper.renew_failures > 0
+        send(stack.queue_url, 2)
+        time.sleep(2.5)
+        assert [e for e in node.events if e["event"] == "job_started"] == [], "a job started without a live Lease"
+    finally:
+        node.kill()
+
+
+def test_a_fake_node_process_sigtermed_mid_job_hands_back_and_another_completes_it_once(
+    aws_env: dict[str, str], tmp_path: Path, kube_api: EmulatorThread
+) -> None:
+    stack = local_stack.provision(unique("fake"))
+    first, second = unique("ip-10-0-3"), unique("ip-10-0-4")
+    record = tmp_path / "first.jsonl"
+    command = [
+        sys.executable,
+        "-m",
+        "framescale.local.fake_node",
+        "--node", first,
+        "--queue-url", stack.queue_url,
+        "--namespace", NS,
+        "--kubeconfig", str(write_kubeconfig(tmp_path / "kubeconfig", kube_api.url)),
+        "--record", str(record),
+        "--job-seconds", "30:30",
+        "--lease-duration", "10",
+        "--lease-poll", "0.2",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, env={**os.environ, **aws_env})
+    node = None
+    try:
+        admit_when_seen(kube_api.url, first)
+        send(stack.queue_url, 1)
+
+        def lines() -> list[dict[str, Any]]:
+            return [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
+
+        started = wait_for(
+            lambda: [e for e in lines() if e["event"] == "job_started"], timeout=30, what="the job to start"
+        )
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+        ended = [e for e in lines() if e["event"] == "job_ended"]
+        assert [(e["message_id"], e["outcome"]) for e in ended] == [(started[0]["message_id"], "handed_back")]
+        assert read_record(kube_api.url, first).state == WorkerState.STOPPING  # type: ignore[union-attr]
+        node = FakeNode(config(tmp_path, kube_api.url, stack.queue_url, second)).start()
+        admit_when_seen(kube_api.url, second)
+        wait_for(lambda: done(node.events), timeout=20, what="the second node to complete the job")
+        assert done(node.events) == [started[0]["message_id"]]
+        time.sleep(1.5)
+        assert queue_counts(stack.queue_url) == (0, 0) and len(done(node.events)) == 1, "done more than once"
+    finally:
+        if process.poll() is None:
+            process.kill()
+        if node is not None:
+            node.stop()
