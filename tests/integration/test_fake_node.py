@@ -174,9 +174,7 @@ def test_a_node_that_cannot_renew_its_lease_takes_no_job_after_it_could_lapse(
     emulator = EmulatorThread().start()
     node_name = unique("ip-10-0-2")
     duration = 6.0
-    node = FakeNode(
-        config(tmp_path, emulator.url, stack.queue_url, node_name, lease_duration_seconds=duration)
-    ).start()
+    node = FakeNode(config(tmp_path, emulator.url, stack.queue_url, node_name, lease_duration_seconds=duration)).start()
     try:
         admit_when_seen(emulator.url, node_name)
         wait_for(lambda: node.gate.is_open, timeout=10, what="the gate to open")

@@ -327,7 +327,7 @@ class LeaseKeeper:
             node_name=self.identity.node_name,
             namespace=self.identity.namespace,
             holder=self.identity.holder,
-            duration_seconds=int(round(self.duration_seconds)) or 1,
+            duration_seconds=max(1, round(self.duration_seconds)),
             now=wall,
             active_jobs=active,
             state=self.state,
@@ -354,4 +354,3 @@ class LeaseKeeper:
         self._said = said
         self._reply = None
         self.record = busy_lease.parse_lease(stored) or self.record
-

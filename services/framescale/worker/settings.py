@@ -132,7 +132,7 @@ class WorkerSettings(ComponentSettings):
         default=1.0,
         gt=0,
         le=10,
-        description="How often the Lease is read for drain requests and admission: a drain is answered within about this.",
+        description="How often the Lease is read for admission and drain requests (a drain is answered that soon).",
     )
 
     # Field validators (not one model validator) so each error is reported under the

@@ -98,7 +98,7 @@ def test_no_job_starts_before_the_operator_admits_the_node() -> None:
 
 
 def test_if_idle_is_refused_while_busy_and_drained_with_the_same_token_when_idle() -> None:
-    leases, gate, clock, kept = admitted()
+    leases, gate, _clock, kept = admitted()
     assert gate.slot(0).try_start()
     token = request(leases)
     kept.tick()
