@@ -31,13 +31,29 @@ import numpy as np
 from bench import stats
 from bench.inputs import Video
 from bench.stack import INPUT_SIZE
-from framescale.worker.geometry import fit_frame, plan_fit
+from framescale.worker.geometry import Fit, plan_fit
 from framescale.worker.sampling import Sampling
 from framescale.worker.video import DecodeStats, open_video, sampled_frames
 
 KEYFRAMES = "keyframes"
 
 Result = dict[str, Any]  # frames_kept, frames_decoded, cpu_seconds, wall_seconds, kept (frame numbers)
+
+
+def opencv_fit(frame_bgr: np.ndarray, fit: Fit, out: np.ndarray) -> None:
+    """The OpenCV resize and colour conversion the worker used before it resized in swscale
+    (kept here, not in the worker, so the worker image needs no OpenCV)."""
+    if fit.content_height == 0:
+        resized = cv2.resize(frame_bgr, (fit.input_width, fit.input_height), interpolation=cv2.INTER_AREA)
+        cv2.cvtColor(resized, cv2.COLOR_BGR2RGB, dst=out)
+        return
+    out[...] = 0
+    resized = cv2.resize(frame_bgr, (fit.content_width, fit.content_height), interpolation=cv2.INTER_AREA)
+    region = out[
+        fit.content_top : fit.content_top + fit.content_height,
+        fit.content_left : fit.content_left + fit.content_width,
+    ]
+    region[...] = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
 
 
 def _timed(work: Callable[[], tuple[list[int], int]]) -> Result:
@@ -69,7 +85,7 @@ def opencv_grab_retrieve(video: Video, sample_fps: float) -> Result:
                     continue
                 ok, frame = capture.retrieve()
                 if ok:
-                    fit_frame(frame, fit, out)
+                    opencv_fit(frame, fit, out)
                     kept.append(index)
                 # Sample k is due at frame ceil(k * fps / rate) (the rule at a constant rate).
                 due = int(np.ceil(round(len(kept) * fps / sample_fps, 9)))
@@ -91,7 +107,7 @@ def _worker(video: Video, sampling: Sampling, *, cv2_resize: bool) -> Result:
             frames = sampled_frames(source, info, sampling, counts, max_bad_ratio=0.1, fit=None if cv2_resize else fit)
             for index, _, picture in frames:
                 if cv2_resize:
-                    fit_frame(picture, fit, out)
+                    opencv_fit(picture, fit, out)
                 else:
                     out[...] = picture
                 kept.append(index)

@@ -1,29 +1,39 @@
-# syntax=docker/dockerfile:1.7
-# The frame-extracting worker: SQS -> S3 -> OpenCV -> gRPC to TF Serving on localhost.
-# No TensorFlow inside: the core install only (boto3, grpcio, protobuf, numpy, OpenCV headless,
-# pydantic, prometheus-client, kubernetes). Build from the repository root:
-#   docker build -f docker/worker.Dockerfile -t framescale/worker:dev .
+# The frame-extracting worker: SQS -> S3 -> PyAV (FFmpeg) -> gRPC to TF Serving on localhost.
+# No TensorFlow, no OpenCV, no operator, no local harness: the core dependencies and the modules
+# the worker imports (framescale.local.images stages them). Build with `make images`: it stages a
+# small context (these sources plus a wheelhouse made on the host) and builds without network,
+#   python -m framescale.local.images build worker
+# or by hand from a staged context:
+#   docker build -f docker/worker.Dockerfile -t framescale/worker:dev <staged context>
 
 ARG PYTHON_IMAGE=python:3.12.12-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_INDEX=1 \
+    PIP_FIND_LINKS=/wheelhouse \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
+# Dependencies first, from wheels only (the build needs no network and trusts no certificate):
+# this layer stays cached while the sources change.
+COPY wheelhouse /wheelhouse
+RUN python3 -m venv /opt/framescale \
+    && /opt/framescale/bin/pip install --no-compile --only-binary=:all: -r /wheelhouse/requirements.txt
 COPY pyproject.toml README.md ./
 COPY services ./services
-COPY operator ./operator
-# A virtualenv is one folder to copy into the runtime stage, without pip's build tooling.
-RUN python -m venv /opt/framescale \
-    && /opt/framescale/bin/pip install --no-compile . \
-    && /opt/framescale/bin/python -c "import framescale.worker.service, cv2, grpc" \
-    && ! /opt/framescale/bin/python -c "import tensorflow" 2>/dev/null
+# The project itself, then what a runtime does not need: pip and setuptools (nothing installs at
+# run time), test suites shipped inside packages, type stubs, caches.
+RUN /opt/framescale/bin/pip install --no-compile --no-deps . \
+    && /opt/framescale/bin/python -c "import framescale.worker.service, av, grpc" \
+    && ! /opt/framescale/bin/python -c "import tensorflow" 2>/dev/null \
+    && ! /opt/framescale/bin/python -c "import cv2" 2>/dev/null \
+    && ! /opt/framescale/bin/python -c "import framescale.local" 2>/dev/null \
+    && /opt/framescale/bin/pip uninstall --yes --quiet pip setuptools \
+    && find /opt/framescale \( -name __pycache__ -o -name tests -o -name testing \) -type d -prune -exec rm -rf {} + \
+    && find /opt/framescale \( -name '*.pyi' -o -name '*.pyx' -o -name '*.pxd' -o -name '*.c' -o -name '*.h' \) -delete
 
 FROM ${PYTHON_IMAGE}
-LABEL org.opencontainers.image.title="framescale-worker" \
-      org.opencontainers.image.description="framescale frame-extracting worker (no TensorFlow)" \
-      org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /opt/framescale /opt/framescale
 ENV PATH=/opt/framescale/bin:${PATH} \
     PYTHONUNBUFFERED=1 \
@@ -35,3 +45,13 @@ ENV PATH=/opt/framescale/bin:${PATH} \
 USER 65532:65532
 EXPOSE 8080
 ENTRYPOINT ["python", "-m", "framescale.worker"]
+# Last, so that a new revision re-labels the image without rebuilding a layer.
+ARG VERSION=0.0.0
+ARG REVISION=unknown
+ARG SOURCE=unknown
+LABEL org.opencontainers.image.title="framescale-worker" \
+      org.opencontainers.image.description="framescale frame-extracting worker (no TensorFlow)" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.source="${SOURCE}"
