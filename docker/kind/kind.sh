@@ -31,12 +31,12 @@ MOTO_NAMESPACE="framescale-aws"
 MOTO_LOCAL_PORT="${MOTO_LOCAL_PORT:-15000}"
 TAG="dev"
 
-# image name -> Dockerfile, build context
+# image name -> Dockerfile, name for framescale.local.images (it stages each image's context)
 IMAGES=(
-  "framescale/worker:${TAG}|docker/worker.Dockerfile|."
-  "framescale/operator:${TAG}|docker/operator.Dockerfile|."
-  "framescale/tfserving-local:${TAG}|docker/tfserving-local.Dockerfile|."
-  "framescale/moto:${TAG}|docker/kind/moto.Dockerfile|docker/kind"
+  "framescale/worker:${TAG}|docker/worker.Dockerfile|worker"
+  "framescale/operator:${TAG}|docker/operator.Dockerfile|operator"
+  "framescale/tfserving-local:${TAG}|docker/tfserving-local.Dockerfile|tfserving-local"
+  "framescale/moto:${TAG}|docker/kind/moto.Dockerfile|moto"
 )
 
 log() { printf '\n==> %s\n' "$*" >&2; }
@@ -91,11 +91,28 @@ start_forward() {
 
 kind_py() { "${PYTHON}" "${ROOT}/docker/kind/kind_aws.py" "$@"; }
 
+# Everything `up` needs, checked at once so that one run lists all that is missing.
+check_up_prerequisites() {
+  local missing=()
+  command -v "${KIND}" >/dev/null 2>&1 ||
+    missing+=("kind >= 0.20 (https://kind.sigs.k8s.io, or: go install sigs.k8s.io/kind@v0.29.0)")
+  if ! command -v "${DOCKER}" >/dev/null 2>&1; then
+    missing+=("docker or podman: install Docker, or podman with DOCKER=podman KIND_EXPERIMENTAL_PROVIDER=podman")
+  elif ! "${DOCKER}" info >/dev/null 2>&1; then
+    missing+=("a running ${DOCKER} engine: \`${DOCKER} info\` fails")
+  fi
+  [[ -x "${KUBECTL}" ]] || missing+=("kubectl at ${KUBECTL}: run \`make helm\`")
+  [[ -x "${HELM}" ]] || missing+=("helm at ${HELM}: run \`make helm\`")
+  [[ -x "${PYTHON}" ]] || missing+=("the project's Python at ${PYTHON}: run \`make setup\`")
+  if ((${#missing[@]} > 0)); then
+    printf 'kind.sh up: missing prerequisites:\n' >&2
+    printf '  - %s\n' "${missing[@]}" >&2
+    exit 1
+  fi
+}
+
 cmd_up() {
-  need "${DOCKER}" "install Docker"
-  need "${KIND}" "install kind >= 0.20 (https://kind.sigs.k8s.io, or: go install sigs.k8s.io/kind@v0.29.0)"
-  check_tools
-  "${DOCKER}" info >/dev/null 2>&1 || die "the Docker engine is not reachable"
+  check_up_prerequisites
 
   local clusters
   clusters="$("${KIND}" get clusters 2>/dev/null || true)"
@@ -116,12 +133,16 @@ cmd_up() {
     framescale.io/accelerator=true:NoSchedule --overwrite
   k get nodes -L framescale.io/accelerator,framescale.io/role
 
-  local entry name dockerfile context
+  local entry name dockerfile image built=()
   for entry in "${IMAGES[@]}"; do
-    IFS='|' read -r name dockerfile context <<<"${entry}"
-    log "building ${name}"
-    "${DOCKER}" build -f "${ROOT}/${dockerfile}" -t "${name}" "${ROOT}/${context}"
-    log "loading ${name} into ${CLUSTER}"
+    IFS='|' read -r name dockerfile image <<<"${entry}"
+    built+=("${image}")
+  done
+  log "building ${built[*]} (framescale.local.images: small contexts, wheelhouse, cached layers)"
+  FRAMESCALE_IMAGE_ENGINE="$(basename "${DOCKER}")" "${PYTHON}" -m framescale.local.images build "${built[@]}"
+  for entry in "${IMAGES[@]}"; do
+    IFS='|' read -r name dockerfile image <<<"${entry}"
+    log "loading ${name} (${dockerfile}) into ${CLUSTER}"
     "${KIND}" load docker-image --name "${CLUSTER}" "${name}"
   done
 }

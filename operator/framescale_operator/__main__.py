@@ -9,8 +9,11 @@ or the current kubeconfig, AWS ones from boto3's usual chain (``AWS_ENDPOINT_URL
 from __future__ import annotations
 
 import logging
+import sys
 
 import kopf
+
+from framescale import kubeconfig
 
 from framescale_operator import handlers
 from framescale_operator.settings import OperatorSettings, load
@@ -57,6 +60,10 @@ def watched_namespaces(settings: OperatorSettings) -> list[str]:
 def main() -> None:
     settings = load()
     configure_logging(settings)
+    problem = kubeconfig.missing_cluster()
+    if problem is not None:
+        print(f"framescale operator cannot start: {problem}", file=sys.stderr)
+        sys.exit(2)
     namespaces = watched_namespaces(settings)
     logging.getLogger(handlers.__name__).info(
         "starting", extra={"namespaces": namespaces or "all", "standalone": settings.standalone}

@@ -1,4 +1,4 @@
-"""The Dockerfiles and the kind path, checked statically (no Docker engine or kind runs here):
+"""The Dockerfiles and the kind path, checked statically (tests/containers builds and runs them):
 pinned bases, multi-stage builds, non-root users, no TensorFlow in the worker, hadolint and
 shellcheck clean, and the kind files agreeing with each other and with the chart."""
 
@@ -19,6 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from framescale.local import images
 from tests.chart.conftest import CHART, REPO_ROOT, tool
 
 pytestmark = pytest.mark.chart
@@ -172,21 +173,45 @@ def test_entrypoints_exist() -> None:
         assert main.is_file(), f"the {name} image runs `python -m {module}`: {main} is missing"
 
 
-def test_copied_sources_exist_and_context_is_filtered(image: tuple[str, list[Stage]]) -> None:
+def test_every_copied_source_is_in_the_small_staged_context(
+    image: tuple[str, list[Stage]], tmp_path: Path
+) -> None:
+    """Every builder gets the context framescale.local.images stages: the Dockerfile, the
+    sources that image carries and the wheelhouse; never .git, .venv, models or tests (the
+    classic docker builder ignores <Dockerfile>.dockerignore and would send the whole tree)."""
     name, stages = image
-    path = IMAGES[name]
-    ignore = path.with_name(path.name + ".dockerignore")
-    assert ignore.is_file(), f"{ignore} keeps .venv and models out of the build context"
-    rules = [line for line in ignore.read_text().splitlines() if line and not line.startswith("#")]
-    assert rules[0] == "*", "the context is deny-by-default"
+    spec = images.image_specs()[name]
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "requirements.txt").write_text("")
+    context = images.stage_context(spec, wheels if spec.offline else None, tmp_path / "cache")
     for stage in stages:
         for argument in stage.all("COPY"):
             if argument.startswith("--from"):
                 continue
             *sources, _ = argument.split()
             for source in sources:
-                assert (REPO_ROOT / source).exists(), f"{name}: COPY {source} does not exist"
-                assert f"!{source.rstrip('/')}" in ignore.read_text(), f"{name}: {source} excluded from the context"
+                assert (context / source).exists(), f"{name}: COPY {source} is not in the staged context"
+    staged = {p.relative_to(context).parts[0] for p in context.rglob("*")}
+    assert not staged & {".git", ".venv", "models", "tests", "bench", ".tools", "charts"}, staged
+    size = sum(p.stat().st_size for p in context.rglob("*") if p.is_file())
+    assert size < 5_000_000, f"{name}: the staged context is {size} bytes"
+    assert not list(context.rglob("__pycache__"))
+
+
+def test_the_worker_context_leaves_out_the_operator_and_the_harness(tmp_path: Path) -> None:
+    context = images.stage_context(images.image_specs()["worker"], None, tmp_path)
+    package = context / "services" / "framescale"
+    assert (package / "worker" / "service.py").is_file()
+    for left_out in ("local", "demo.py", "modelserver", "cli.py"):
+        assert not (package / left_out).exists(), f"{left_out} is staged for the worker image"
+    assert not (context / "operator").exists()
+
+
+def test_no_dockerfile_needs_buildkit_from_docker_hub(image: tuple[str, list[Stage]]) -> None:
+    """A `# syntax=` line makes BuildKit fetch its frontend from Docker Hub: offline builds fail."""
+    name, _ = image
+    assert not IMAGES[name].read_text().startswith("# syntax="), name
 
 
 def test_hadolint_is_clean() -> None:

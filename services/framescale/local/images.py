@@ -80,6 +80,9 @@ class ImageSpec:
     excludes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     builds_project: bool = True
     needs_docker_hub: bool = False
+    # Built with --network none from the wheelhouse; the TF Serving image's export stage
+    # installs TensorFlow from the index instead (it is only built where Docker Hub answers).
+    offline: bool = True
 
     @property
     def reference(self) -> str:
@@ -118,7 +121,9 @@ def image_specs() -> dict[str, ImageSpec]:
             "tfserving-local",
             REPO_ROOT / "docker" / "tfserving-local.Dockerfile",
             (),
+            sources=("pyproject.toml", "README.md", "services", "operator"),
             needs_docker_hub=True,
+            offline=False,
         ),
     }
 
@@ -435,7 +440,7 @@ def _copy_tree(source: Path, target: Path, excludes: Sequence[str]) -> None:
             shutil.copy2(entry, target / entry.name)
 
 
-def stage_context(spec: ImageSpec, wheels: Path, cache: Path) -> Path:
+def stage_context(spec: ImageSpec, wheels: Path | None, cache: Path) -> Path:
     """The build context for ``spec``: its Dockerfile, its sources and the wheelhouse, nothing
     else (so every builder, the classic docker one included, sends a few MB, never .git)."""
     context = cache / "context" / spec.name
@@ -456,7 +461,8 @@ def stage_context(spec: ImageSpec, wheels: Path, cache: Path) -> Path:
                 shutil.rmtree(path)
             elif path.exists():
                 path.unlink()
-    shutil.copytree(wheels, context / "wheelhouse", ignore=shutil.ignore_patterns(".complete"))
+    if wheels is not None:
+        shutil.copytree(wheels, context / "wheelhouse", ignore=shutil.ignore_patterns(".complete"))
     return context
 
 
@@ -487,9 +493,11 @@ class Built:
 
 def build_image(engine: Engine, spec: ImageSpec, base: Base, cache: Path, labels: Mapping[str, str]) -> Built:
     started = time.monotonic()
-    wheels = wheelhouse(spec, base, cache)
+    wheels = wheelhouse(spec, base, cache) if spec.offline else None
     context = stage_context(spec, wheels, cache)
-    argv = ["build", "--network", "none", "--file", str(context / "Dockerfile"), "--tag", spec.reference]
+    argv = ["build", "--file", str(context / "Dockerfile"), "--tag", spec.reference]
+    if spec.offline:
+        argv += ["--network", "none"]
     if engine.kind == "podman":
         argv += ["--layers", "--format", "docker"]
     if base.reference is not None:
