@@ -17,15 +17,28 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 # Dependencies first, from wheels only (the build needs no network and trusts no certificate):
 # this layer stays cached while the sources change.
+# What the dependencies bring that the worker never loads: the kubernetes client's asyncio copy
+# (kubernetes/aio, 21 MB) and the aiohttp stack only it imports (the worker's Lease calls use the
+# synchronous client), and botocore's models of the AWS services it does not call (24 MB;
+# WORKER_AWS_SERVICES are S3, SQS and SNS, STS and SSO for the credential chain).
+ARG WORKER_AWS_SERVICES="s3 sqs sns sts sso sso-oidc"
 COPY wheelhouse /wheelhouse
 RUN python3 -m venv /opt/framescale \
-    && /opt/framescale/bin/pip install --no-compile --only-binary=:all: -r /wheelhouse/requirements.txt
+    && /opt/framescale/bin/pip install --no-compile --only-binary=:all: -r /wheelhouse/requirements.txt \
+    && /opt/framescale/bin/pip uninstall --yes --quiet \
+        aiohttp aiosignal aiohappyeyeballs frozenlist multidict yarl propcache attrs \
+    && site="$(/opt/framescale/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+    && rm -rf "${site}/kubernetes/aio" \
+    && for model in "${site}"/botocore/data/*/; do \
+         case " ${WORKER_AWS_SERVICES} " in *" $(basename "${model}") "*) ;; *) rm -rf "${model}" ;; esac; \
+       done
 COPY pyproject.toml README.md ./
 COPY services ./services
 # The project itself, then what a runtime does not need: pip and setuptools (nothing installs at
 # run time), test suites shipped inside packages, type stubs, caches.
 RUN /opt/framescale/bin/pip install --no-compile --no-deps . \
-    && /opt/framescale/bin/python -c "import framescale.worker.service, av, grpc" \
+    && /opt/framescale/bin/python -c "import framescale.worker.service, framescale.worker.lease, kubernetes.client, av, grpc" \
+    && /opt/framescale/bin/python -c "import boto3; [boto3.client(s, region_name='us-east-1') for s in ('s3', 'sqs', 'sns', 'sts')]" \
     && ! /opt/framescale/bin/python -c "import tensorflow" 2>/dev/null \
     && ! /opt/framescale/bin/python -c "import cv2" 2>/dev/null \
     && ! /opt/framescale/bin/python -c "import framescale.local" 2>/dev/null \

@@ -14,7 +14,6 @@ import sys
 import kopf
 
 from framescale import kubeconfig
-
 from framescale_operator import handlers
 from framescale_operator.settings import OperatorSettings, load
 

@@ -173,9 +173,7 @@ def test_entrypoints_exist() -> None:
         assert main.is_file(), f"the {name} image runs `python -m {module}`: {main} is missing"
 
 
-def test_every_copied_source_is_in_the_small_staged_context(
-    image: tuple[str, list[Stage]], tmp_path: Path
-) -> None:
+def test_every_copied_source_is_in_the_small_staged_context(image: tuple[str, list[Stage]], tmp_path: Path) -> None:
     """Every builder gets the context framescale.local.images stages: the Dockerfile, the
     sources that image carries and the wheelhouse; never .git, .venv, models or tests (the
     classic docker builder ignores <Dockerfile>.dockerignore and would send the whole tree)."""
@@ -417,3 +415,37 @@ def test_kind_deploy_stops_on_other_failures(tmp_path: Path, forward_port: int, 
     assert code != 0, "a failed install must fail kind-deploy"
     assert len(helm_calls) == runs, helm_calls
     assert "rollout status ds/" not in (tmp_path / "calls").read_text(), stderr
+
+
+def test_kind_up_lists_every_missing_prerequisite(tmp_path: Path) -> None:
+    """kind cannot run here (no kindest/node image, no control plane): `make kind-up` says so,
+    naming everything missing in one run, before it touches anything."""
+    absent = tmp_path / "absent"
+    env = {
+        **os.environ,
+        "KIND": str(absent / "kind"),
+        "DOCKER": str(absent / "docker"),
+        "KUBECTL": str(absent / "kubectl"),
+        "HELM": str(absent / "helm"),
+        "PYTHON": str(absent / "python"),
+    }
+    result = subprocess.run(
+        ["bash", str(KIND / "kind.sh"), "up"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.startswith("kind.sh up: missing prerequisites:")
+    for missing in ("kind >= 0.20", "docker or podman", "kubectl at", "helm at", "the project's Python at"):
+        assert missing in result.stderr, result.stderr
+    assert "creating kind cluster" not in result.stderr
+
+
+def test_kind_up_with_a_stopped_engine_says_so(tmp_path: Path) -> None:
+    stopped = tmp_path / "docker"
+    stopped.write_text("#!/usr/bin/env bash\nexit 1\n")
+    stopped.chmod(0o755)
+    env = {**os.environ, "DOCKER": str(stopped), "KIND": str(tmp_path / "kind")}
+    result = subprocess.run(
+        ["bash", str(KIND / "kind.sh"), "up"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 1
+    assert f"a running {stopped} engine" in result.stderr, result.stderr

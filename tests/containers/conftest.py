@@ -158,4 +158,3 @@ def run_worker(built_images: BuiltImages, tmp_path: Path) -> Iterator[Any]:
     yield run
     for container in started:
         container.stop()
-

@@ -12,6 +12,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,17 @@ from framescale.local.processes import free_port
 from framescale.local.videos import write_synthetic_video
 from tests.containers.conftest import KUBECONFIG_IN_CONTAINER, BuiltImages, kubeconfig_json
 from tests.integration.operator.kube_emulator import EmulatorThread
-from tests.support import client, dead_letters, enqueue, failure_reason, read_lines, read_summary, unique, upload
-from tests.support import wait_for
+from tests.support import (
+    client,
+    dead_letters,
+    enqueue,
+    failure_reason,
+    read_lines,
+    read_summary,
+    unique,
+    upload,
+    wait_for,
+)
 
 # The first run on a fresh machine installs the engine, makes the Debian base and builds.
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -44,26 +54,43 @@ def kube_api() -> Any:
         emulator.stop()
 
 
-def container_env(chart_env: dict[str, str], stack: local_stack.LocalStack, aws_env: dict[str, str], model_server: Any,
-                  health_port: int, **overrides: str) -> dict[str, str]:  # fmt: skip
-    """The chart's environment with this machine's endpoints in place of the cluster's."""
-    env = dict(chart_env)
-    env.update(aws_env)  # endpoint, region and moto's credentials
-    env.update(
-        stack.worker_env(
-            FRAMESCALE_WORKER_MODEL_SERVER=model_server.grpc_target,
-            FRAMESCALE_WORKER_MODEL_NAME="synthetic",
-            FRAMESCALE_WORKER_LABELS=json.dumps(synthetic.LABELS),
-            FRAMESCALE_WORKER_HEALTH_PORT=str(health_port),
-            FRAMESCALE_WORKER_NODE_NAME=NODE,
-            FRAMESCALE_WORKER_POD_NAME=f"framescale-demo-{unique('pod')}",
-            FRAMESCALE_WORKER_WAIT_TIME_SECONDS="1",
-            FRAMESCALE_WORKER_LOG_FORMAT="json",
-            KUBECONFIG=KUBECONFIG_IN_CONTAINER,
+@dataclass(frozen=True)
+class Pod:
+    """What a pod of the chart would give the worker: its environment and mounted files."""
+
+    env: dict[str, str]
+    mounts: dict[str, str]
+
+
+@pytest.fixture
+def pod_for(aws_env, model_server, chart_worker_env, kube_api: EmulatorThread, tmp_path: Path) -> Any:
+    """The chart's environment with this machine's endpoints in place of the cluster's: moto
+    for AWS, the local model server for TF Serving, the API emulator (via a mounted kubeconfig)
+    for the Kubernetes API."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(kubeconfig_json(kube_api.url))
+    kubeconfig.chmod(0o644)
+
+    def pod(stack: local_stack.LocalStack, health_port: int, **overrides: str) -> Pod:
+        env = dict(chart_worker_env)
+        env.update(aws_env)  # endpoint, region and moto's credentials
+        env.update(
+            stack.worker_env(
+                FRAMESCALE_WORKER_MODEL_SERVER=model_server.grpc_target,
+                FRAMESCALE_WORKER_MODEL_NAME="synthetic",
+                FRAMESCALE_WORKER_LABELS=json.dumps(synthetic.LABELS),
+                FRAMESCALE_WORKER_HEALTH_PORT=str(health_port),
+                FRAMESCALE_WORKER_NODE_NAME=NODE,
+                FRAMESCALE_WORKER_POD_NAME=f"framescale-demo-{unique('pod')}",
+                FRAMESCALE_WORKER_WAIT_TIME_SECONDS="1",
+                FRAMESCALE_WORKER_LOG_FORMAT="json",
+                KUBECONFIG=KUBECONFIG_IN_CONTAINER,
+            )
         )
-    )
-    env.update(overrides)
-    return env
+        env.update(overrides)
+        return Pod(env, {str(kubeconfig): KUBECONFIG_IN_CONTAINER})
+
+    return pod
 
 
 def get(url: str) -> tuple[int, str]:
@@ -77,7 +104,9 @@ def get(url: str) -> tuple[int, str]:
 
 
 def in_image(built: BuiltImages, image: str, code: str) -> str:
-    out = built.engine.run("run", "--rm", "--network", "none", "--entrypoint", "python", image, "-c", code, capture=True)
+    out = built.engine.run(
+        "run", "--rm", "--network", "none", "--entrypoint", "python", image, "-c", code, capture=True
+    )
     return out.stdout.strip()
 
 
@@ -104,17 +133,12 @@ def images_version() -> str:
 
 
 def test_worker_image_processes_jobs_with_the_charts_environment(
-    aws_env, model_server, chart_worker_env, run_worker, kube_api: EmulatorThread, tmp_path: Path
+    pod_for, run_worker, kube_api: EmulatorThread, tmp_path: Path
 ) -> None:
     stack = local_stack.provision(unique("image"))
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(kubeconfig_json(kube_api.url))
-    kubeconfig.chmod(0o644)
     port = free_port()
-    worker = run_worker(
-        container_env(chart_worker_env, stack, aws_env, model_server, port),
-        mounts={str(kubeconfig): KUBECONFIG_IN_CONTAINER},
-    )
+    pod = pod_for(stack, port)
+    worker = run_worker(pod.env, pod.mounts)
     base = f"http://127.0.0.1:{port}"
     wait_for(lambda: get(base + "/readyz")[0] == 200 or not worker.alive(), timeout=120, what="worker ready")
     assert worker.alive(), f"the worker container exited:\n{worker.log_text()[-3000:]}"
@@ -143,27 +167,18 @@ def test_worker_image_processes_jobs_with_the_charts_environment(
     assert worker.alive()
 
 
-def test_sigterm_mid_job_exits_0_and_hands_the_job_back(
-    aws_env, model_server, chart_worker_env, run_worker, kube_api: EmulatorThread, tmp_path: Path
-) -> None:
+def test_sigterm_mid_job_exits_0_and_hands_the_job_back(pod_for, run_worker, tmp_path: Path) -> None:
     stack = local_stack.provision(unique("image-term"))
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(kubeconfig_json(kube_api.url))
-    kubeconfig.chmod(0o644)
     # Long enough to be mid-job when the signal comes; a grace too short to finish it.
     video = write_synthetic_video(tmp_path / "long.mp4", width=640, height=360, fps=30, frame_count=600)
     enqueue(stack, {"video": upload(stack, video.path, "in/long.mp4"), "job_id": "long", "sample_fps": 30.0})
-    port = free_port()
-    env = container_env(
-        chart_worker_env,
+    pod = pod_for(
         stack,
-        aws_env,
-        model_server,
-        port,
+        free_port(),
         FRAMESCALE_WORKER_SHUTDOWN_GRACE_SECONDS="1",
         FRAMESCALE_WORKER_VISIBILITY_TIMEOUT_SECONDS="300",
     )
-    worker = run_worker(env, mounts={str(kubeconfig): KUBECONFIG_IN_CONTAINER})
+    worker = run_worker(pod.env, pod.mounts)
     sqs = client("sqs")
     wait_for(
         lambda: local_stack.queue_depth(sqs, stack.queue_url)[1] == 1 or not worker.alive(),

@@ -23,7 +23,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -33,6 +32,7 @@ import time
 import tomllib
 import urllib.error
 import urllib.request
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +42,8 @@ CACHE_DIR = Path(os.environ.get("FRAMESCALE_IMAGES_CACHE") or REPO_ROOT / ".cach
 
 # The base made with debootstrap where Docker Hub cannot be reached: Debian bookworm's python3
 # (3.11) with venv, the same distribution the python:*-slim-bookworm images are built on.
-DEBIAN_BASE = "localhost/framescale-base:bookworm"
+# The tag says what is in it: bump it when make_debian_base changes, so an older base is not reused.
+DEBIAN_BASE = "localhost/framescale-base:bookworm-slim-1"
 DEBIAN_SUITE = "bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 DEBIAN_PACKAGES = ("python3", "python3-venv", "ca-certificates")
@@ -56,6 +57,7 @@ TAG = "dev"
 MOTO_REQUIREMENT = "moto[server]==5.2.5"
 # Building the project from its sources inside the image needs its build backend from wheels too.
 BUILD_REQUIREMENTS = ("setuptools>=77", "wheel")
+WHEELHOUSE_FORMAT = "stripped-1"
 # What the worker image leaves out of services/framescale: the local harness, the demo, the
 # model server and exporter (TensorFlow), the developer CLI (it imports the harness).
 WORKER_EXCLUDES = ("local", "demo.py", "modelserver", "cli.py", "helm_values.py")
@@ -214,7 +216,8 @@ def _apt_install(packages: Sequence[str]) -> None:
         )
     log(f"installing {' '.join(packages)} from apt")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages]):
+    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages]
+    for argv in (["apt-get", "update", "-qq"], install):
         result = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise EngineUnavailable(f"{' '.join(argv[:2])} failed: {result.stderr.strip()[-1500:]}")
@@ -295,6 +298,50 @@ def apt_mirror(roots: Sequence[Path] = (Path("/etc/apt/sources.list"), Path("/et
     return DEBIAN_MIRROR
 
 
+# What a container never reads: documentation, manual pages, translations, downloaded packages
+# and package lists (about 55 MB of the 176). dpkg is told to leave them out from now on too, as
+# Debian's own slim images do.
+SLIM_REMOVE = (
+    "usr/share/doc",
+    "usr/share/man",
+    "usr/share/info",
+    "usr/share/locale",
+    "usr/share/lintian",
+    "var/cache/apt/archives",
+    "var/lib/apt/lists",
+)
+DPKG_EXCLUDES = """# framescale base: no documentation or translations in containers
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/locale/*
+path-include /usr/share/locale/locale.alias
+path-exclude /usr/share/lintian/*
+"""
+
+
+def slim_rootfs(rootfs: Path) -> None:
+    for relative in SLIM_REMOVE:
+        folder = rootfs / relative
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            keep = relative == "usr/share/doc" or path.name == "locale.alias"
+            if path.is_dir() and not path.is_symlink():
+                if keep:  # the licences stay: /usr/share/doc/<package>/copyright
+                    for inner in path.iterdir():
+                        if inner.name != "copyright":
+                            shutil.rmtree(inner) if inner.is_dir() and not inner.is_symlink() else inner.unlink()
+                else:
+                    shutil.rmtree(path)
+            elif not keep:
+                path.unlink()
+    config = rootfs / "etc" / "dpkg" / "dpkg.cfg.d"
+    config.mkdir(parents=True, exist_ok=True)
+    (config / "framescale-slim").write_text(DPKG_EXCLUDES)
+
+
 def make_debian_base(engine: Engine, cache: Path, reference: str = DEBIAN_BASE) -> None:
     """debootstrap a minimal bookworm with python3 and import it as ``reference``."""
     if shutil.which("debootstrap") is None:
@@ -318,15 +365,12 @@ def make_debian_base(engine: Engine, cache: Path, reference: str = DEBIAN_BASE) 
         result = subprocess.run(argv, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise ImageError(f"debootstrap failed: {(result.stdout + result.stderr).strip()[-1500:]}")
-        # Downloaded packages and package lists are no use in an image.
-        for leftover in ("var/cache/apt/archives", "var/lib/apt/lists"):
-            for path in (rootfs / leftover).glob("*"):
-                if path.is_file():
-                    path.unlink()
+        slim_rootfs(rootfs)
         tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
         assert tar.stdout is not None
         try:
-            engine.run("import", "--change", 'CMD ["/bin/bash"]', "-", reference, stdin=tar.stdout.fileno(), capture=True)
+            change = 'CMD ["/bin/bash"]'
+            engine.run("import", "--change", change, "-", reference, stdin=tar.stdout.fileno(), capture=True)
         finally:
             tar.stdout.close()
             if tar.wait() != 0:
@@ -397,12 +441,51 @@ def pip_platforms(glibc: str, machine: str) -> list[str]:
     return tags
 
 
+def _is_extension_module(name: str) -> bool:
+    """A compiled module of the wheel's own (the libraries auditwheel bundles in ``*.libs/``
+    come stripped already and are left as they are)."""
+    return (name.endswith(".so") or ".so." in name) and ".libs/" not in name
+
+
+def strip_wheels(folder: Path) -> None:
+    """Debug symbols out of the wheels' compiled modules, repacked with a fresh RECORD. PyAV
+    ships its Cython modules unstripped: 31 MB in the image that are 6 MB stripped. Needs
+    binutils' strip on the host; without it the wheels are kept as they are."""
+    strip = shutil.which("strip")
+    if strip is None:
+        log("strip (binutils) not found: the wheels keep their debug symbols")
+        return
+    for wheel in sorted(folder.glob("*.whl")):
+        with zipfile.ZipFile(wheel) as archive:
+            if not any(_is_extension_module(name) for name in archive.namelist()):
+                continue
+        with tempfile.TemporaryDirectory(dir=folder, prefix="strip-") as tmp:
+            work = Path(tmp)
+            subprocess.run([sys.executable, "-m", "wheel", "unpack", "--dest", str(work), str(wheel)], check=True,
+                           capture_output=True)  # fmt: skip
+            (unpacked,) = [path for path in work.iterdir() if path.is_dir()]
+            files = [path for path in unpacked.rglob("*") if path.is_file()]
+            modules = [path for path in files if _is_extension_module(path.relative_to(unpacked).as_posix())]
+            before = sum(p.stat().st_size for p in modules)
+            subprocess.run([strip, "--strip-unneeded", *map(str, modules)], check=True, capture_output=True)
+            if sum(p.stat().st_size for p in modules) == before:
+                continue
+            packed = work / "packed"
+            subprocess.run([sys.executable, "-m", "wheel", "pack", "--dest-dir", str(packed), str(unpacked)],
+                           check=True, capture_output=True)  # fmt: skip
+            (new,) = list(packed.glob("*.whl"))
+            wheel.unlink()
+            new.rename(folder / new.name)
+
+
 def wheelhouse(spec: ImageSpec, base: Base, cache: Path) -> Path:
     """Wheels for ``spec``'s requirements (and the build backend) for the base's Python and
     platform, downloaded by the host's pip; reused while the requirements stay the same."""
     requirements = list(spec.requirements)
     wanted = requirements + (list(BUILD_REQUIREMENTS) if spec.builds_project else [])
-    key = hashlib.sha256(json.dumps([wanted, base.python, base.glibc, base.machine]).encode()).hexdigest()[:16]
+    # WHEELHOUSE_FORMAT changes when what is done to the downloaded wheels changes (stripping).
+    facts = [WHEELHOUSE_FORMAT, wanted, base.python, base.glibc, base.machine]
+    key = hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:16]
     folder = cache / "wheelhouse" / f"{spec.name}-py{base.python}-{base.machine}-{key}"
     stamp = folder / ".complete"
     if stamp.exists():
@@ -420,6 +503,7 @@ def wheelhouse(spec: ImageSpec, base: Base, cache: Path) -> Path:
     if result.returncode != 0:
         shutil.rmtree(folder)
         raise ImageError(f"pip download for the {spec.name} image failed: {result.stderr.strip()[-2000:]}")
+    strip_wheels(folder)
     (folder / "requirements.txt").write_text("".join(f"{line}\n" for line in requirements))
     stamp.touch()
     return folder
