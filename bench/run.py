@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import decode, inputs, machine, procfs, reaction, simulate, stack, throughput, traces, worker_bench
+from bench import images as image_bench
 from bench.plots import plot_simulation
 
 
@@ -153,6 +154,14 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
             "framescale_worker": worker["startup"]["worker_idle_rss_mib"]["median"],
             "tensorflow_serving_api_client": worker["startup"]["tensorflow_serving_api_client_rss_mib"]["median"],
         }
+    worker_image = report.get("images", {}).get("images", {}).get("worker")
+    if worker_image:
+        out["worker_image"] = {
+            "uncompressed_mb": round(worker_image["uncompressed_bytes"] / 1e6, 1),
+            "compressed_mb": round(worker_image["compressed_bytes"] / 1e6, 1),
+            "within_300_mb_budget": worker_image["within_budget"],
+            "run_to_first_receive_seconds": worker_image["run_to_first_receive_seconds"]["median"],
+        }
     react = report.get("reaction", {})
     if react:
         out["reaction_seconds"] = {
@@ -231,6 +240,8 @@ def run(models_dir: Path, out: Path, *, quick: bool, inputs_dir: Path) -> int:
                 ),
             )
             _section(report, "reaction", lambda: reaction.run(trials=plan.reaction_trials, log=_say))
+            if not quick:  # builds the images (cached) and runs containers: not a smoke test's work
+                _section(report, "images", lambda: image_bench.run(bench, log=_say))
 
     report["headline"] = headline(report)
     report["machine"]["load_average_at_end"] = procfs.load_average()

@@ -471,6 +471,7 @@ def strip_wheels(folder: Path) -> None:
             if sum(p.stat().st_size for p in modules) == before:
                 continue
             packed = work / "packed"
+            packed.mkdir()
             subprocess.run([sys.executable, "-m", "wheel", "pack", "--dest-dir", str(packed), str(unpacked)],
                            check=True, capture_output=True)  # fmt: skip
             (new,) = list(packed.glob("*.whl"))
