@@ -93,6 +93,15 @@ def pod_for(aws_env, model_server, chart_worker_env, kube_api: EmulatorThread, t
     return pod
 
 
+def wait_for_or_none(check: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.25)
+    return False
+
+
 def get(url: str) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
@@ -191,7 +200,14 @@ def test_sigterm_mid_job_exits_0_and_hands_the_job_back(pod_for, run_worker, tmp
     worker.signal("TERM")
     assert worker.wait(60) == 0, f"exit status {worker.process.returncode if worker.process else None}"
     # Handed back at once (visibility 0), not after the 300 s visibility timeout.
-    wait_for(lambda: local_stack.queue_depth(sqs, stack.queue_url) == (1, 0), timeout=30, what="job handed back")
+    depths: list[tuple[int, int]] = []
+    handed_back = wait_for_or_none(
+        lambda: depths.append(local_stack.queue_depth(sqs, stack.queue_url)) or depths[-1] == (1, 0), timeout=30
+    )
+    assert handed_back, (
+        f"queue (visible, in flight) {depths[-1]}, summary {read_summary(stack, 'long')}; log ends:\n"
+        + "\n".join(worker.log_text().splitlines()[-25:])
+    )
     assert time.monotonic() - signalled < 60
     assert read_summary(stack, "long") is None
 
