@@ -3,6 +3,8 @@
 #   python -m framescale.local.images build operator
 
 ARG PYTHON_IMAGE=python:3.12.12-slim-bookworm
+# The runtime stage's base: the same by default; make images gives the Debian base's slimmer twin.
+ARG RUNTIME_IMAGE=${PYTHON_IMAGE}
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
@@ -22,7 +24,7 @@ RUN /opt/framescale/bin/pip install --no-compile --no-deps ".[operator]" \
     && /opt/framescale/bin/pip uninstall --yes --quiet pip setuptools \
     && find /opt/framescale -name __pycache__ -type d -prune -exec rm -rf {} +
 
-FROM ${PYTHON_IMAGE}
+FROM ${RUNTIME_IMAGE}
 COPY --from=build /opt/framescale /opt/framescale
 ENV PATH=/opt/framescale/bin:${PATH} \
     PYTHONUNBUFFERED=1 \

@@ -7,6 +7,8 @@
 #   docker build -f docker/worker.Dockerfile -t framescale/worker:dev <staged context>
 
 ARG PYTHON_IMAGE=python:3.12.12-slim-bookworm
+# The runtime stage's base: the same by default; make images gives the Debian base's slimmer twin.
+ARG RUNTIME_IMAGE=${PYTHON_IMAGE}
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
@@ -46,7 +48,7 @@ RUN /opt/framescale/bin/pip install --no-compile --no-deps . \
     && find /opt/framescale \( -name __pycache__ -o -name tests -o -name testing \) -type d -prune -exec rm -rf {} + \
     && find /opt/framescale \( -name '*.pyi' -o -name '*.pyx' -o -name '*.pxd' -o -name '*.c' -o -name '*.h' \) -delete
 
-FROM ${PYTHON_IMAGE}
+FROM ${RUNTIME_IMAGE}
 COPY --from=build /opt/framescale /opt/framescale
 ENV PATH=/opt/framescale/bin:${PATH} \
     PYTHONUNBUFFERED=1 \

@@ -4,6 +4,8 @@
 #   python -m framescale.local.images build moto
 
 ARG PYTHON_IMAGE=python:3.12.12-slim-bookworm
+# The runtime stage's base: the same by default; make images gives the Debian base's slimmer twin.
+ARG RUNTIME_IMAGE=${PYTHON_IMAGE}
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
@@ -15,7 +17,7 @@ RUN python3 -m venv /opt/moto \
     && /opt/moto/bin/pip install --no-compile --only-binary=:all: -r /wheelhouse/requirements.txt \
     && /opt/moto/bin/pip uninstall --yes --quiet pip setuptools
 
-FROM ${PYTHON_IMAGE}
+FROM ${RUNTIME_IMAGE}
 COPY --from=build /opt/moto /opt/moto
 ENV PATH=/opt/moto/bin:${PATH} \
     PYTHONUNBUFFERED=1 \

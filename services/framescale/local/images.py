@@ -44,6 +44,10 @@ CACHE_DIR = Path(os.environ.get("FRAMESCALE_IMAGES_CACHE") or REPO_ROOT / ".cach
 # (3.11) with venv, the same distribution the python:*-slim-bookworm images are built on.
 # The tag says what is in it: bump it when make_debian_base changes, so an older base is not reused.
 DEBIAN_BASE = "localhost/framescale-base:bookworm-slim-1"
+# The runtime stages' base: the same tree less what only installing needs (package managers,
+# perl for their scripts, the wheels ensurepip puts in a new venv) and iconv's modules, which
+# Python never loads (its codecs are its own). About 30 MB of the worker image.
+DEBIAN_RUNTIME = "localhost/framescale-runtime:bookworm-slim-1"
 DEBIAN_SUITE = "bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 DEBIAN_PACKAGES = ("python3", "python3-venv", "ca-certificates")
@@ -342,8 +346,55 @@ def slim_rootfs(rootfs: Path) -> None:
     (config / "framescale-slim").write_text(DPKG_EXCLUDES)
 
 
-def make_debian_base(engine: Engine, cache: Path, reference: str = DEBIAN_BASE) -> None:
-    """debootstrap a minimal bookworm with python3 and import it as ``reference``."""
+RUNTIME_REMOVE = (
+    "usr/bin/perl*",
+    "usr/lib/*/perl-base",
+    "usr/share/perl5",
+    "usr/share/python-wheels",
+    "usr/lib/*/gconv",
+    "usr/bin/apt*",
+    "usr/lib/apt",
+    "usr/lib/*/libapt-*",
+    "etc/apt",
+    "var/lib/apt",
+    "var/cache/apt",
+    # dpkg's file lists; its status file stays, so scanners still see which packages are in.
+    "var/lib/dpkg/info",
+)
+
+
+def _import_rootfs(engine: Engine, rootfs: Path, reference: str) -> None:
+    tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+    assert tar.stdout is not None
+    try:
+        change = 'CMD ["/bin/bash"]'
+        engine.run("import", "--change", change, "-", reference, stdin=tar.stdout.fileno(), capture=True)
+    finally:
+        tar.stdout.close()
+        if tar.wait() != 0:
+            raise ImageError(f"tar of the debootstrap tree failed with status {tar.returncode}")
+
+
+def runtime_rootfs(rootfs: Path) -> None:
+    """Turn a build base's tree into the runtime base's (in place)."""
+    for pattern in RUNTIME_REMOVE:
+        for path in rootfs.glob(pattern):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+
+
+def import_bases(engine: Engine, rootfs: Path, build: str = DEBIAN_BASE, runtime: str = DEBIAN_RUNTIME) -> None:
+    """The build base from ``rootfs`` as it is, then the runtime base from it less RUNTIME_REMOVE."""
+    _import_rootfs(engine, rootfs, build)
+    runtime_rootfs(rootfs)
+    _import_rootfs(engine, rootfs, runtime)
+
+
+def make_debian_base(engine: Engine, cache: Path) -> None:
+    """debootstrap a minimal bookworm with python3; import it as the build and runtime bases."""
+    reference = DEBIAN_BASE
     if shutil.which("debootstrap") is None:
         _apt_install(APT_PACKAGES["debootstrap"])
     if os.geteuid() != 0:
@@ -366,21 +417,14 @@ def make_debian_base(engine: Engine, cache: Path, reference: str = DEBIAN_BASE) 
         if result.returncode != 0:
             raise ImageError(f"debootstrap failed: {(result.stdout + result.stderr).strip()[-1500:]}")
         slim_rootfs(rootfs)
-        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-        assert tar.stdout is not None
-        try:
-            change = 'CMD ["/bin/bash"]'
-            engine.run("import", "--change", change, "-", reference, stdin=tar.stdout.fileno(), capture=True)
-        finally:
-            tar.stdout.close()
-            if tar.wait() != 0:
-                raise ImageError(f"tar of the debootstrap tree failed with status {tar.returncode}")
+        import_bases(engine, rootfs)
     log(f"Debian base made in {time.monotonic() - started:.0f}s")
 
 
 @dataclass(frozen=True)
 class Base:
     reference: str | None  # None: the Dockerfiles' own default
+    runtime: str | None  # the runtime stages' base; None: the same as ``reference``
     python: str  # "3.11"
     glibc: str  # "2.36"
     machine: str  # "x86_64"
@@ -414,6 +458,7 @@ def default_base_reference(dockerfile: Path) -> str:
 
 def choose_base(engine: Engine, cache: Path, *, hub: bool | None = None) -> Base:
     override = os.environ.get("FRAMESCALE_PYTHON_IMAGE")
+    runtime: str | None = None
     if override:
         reference: str | None = override
         pulled = override
@@ -421,13 +466,14 @@ def choose_base(engine: Engine, cache: Path, *, hub: bool | None = None) -> Base
         reference = None
         pulled = default_base_reference(REPO_ROOT / "docker" / "worker.Dockerfile")
     else:
-        if not engine.image_exists(DEBIAN_BASE):
+        if not (engine.image_exists(DEBIAN_BASE) and engine.image_exists(DEBIAN_RUNTIME)):
             make_debian_base(engine, cache)
         reference = pulled = DEBIAN_BASE
+        runtime = DEBIAN_RUNTIME
     if not engine.image_exists(pulled):
         engine.run("pull", pulled)
     python, glibc, machine = probe_base(engine, pulled, cache)
-    return Base(reference, python, glibc, machine)
+    return Base(reference, runtime, python, glibc, machine)
 
 
 # ---------------------------------------------------------------- the wheelhouse
@@ -587,6 +633,8 @@ def build_image(engine: Engine, spec: ImageSpec, base: Base, cache: Path, labels
         argv += ["--layers", "--format", "docker"]
     if base.reference is not None:
         argv += ["--build-arg", f"PYTHON_IMAGE={base.reference}"]
+    if base.runtime is not None:
+        argv += ["--build-arg", f"RUNTIME_IMAGE={base.runtime}"]
     for name, value in labels.items():
         argv += ["--build-arg", f"{name}={value}"]
     log(f"building {spec.reference}")
