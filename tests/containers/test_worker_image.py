@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from framescale import synthetic
+from framescale import busy_lease, synthetic
 from framescale.local import stack as local_stack
 from framescale.local.processes import free_port
 from framescale.local.videos import write_synthetic_video
@@ -39,7 +39,8 @@ from tests.support import (
 # The first run on a fresh machine installs the engine, makes the Debian base and builds.
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
 
-NODE = "ip-10-9-8-7.ec2.internal"
+# The chart's pipeline (kind values: pipeline demo, Leases in the release namespace).
+LEASE_OWNER = "default/demo"
 WORKER_BUDGET_BYTES = 300_000_000  # uncompressed, as the engine stores it (the issue's budget)
 # What the worker image must not carry (the issue: no operator, harness, demo, model server).
 NOT_IN_THE_WORKER = ("framescale_operator", "framescale.local", "framescale.demo", "framescale.modelserver")
@@ -61,6 +62,7 @@ class Pod:
 
     env: dict[str, str]
     mounts: dict[str, str]
+    node: str
 
 
 @pytest.fixture
@@ -74,6 +76,7 @@ def pod_for(aws_env, model_server, chart_worker_env, kube_api: EmulatorThread, t
 
     def pod(stack: local_stack.LocalStack, health_port: int, model: str = "synthetic", **overrides: str) -> Pod:
         labels = chart_worker_env["FRAMESCALE_WORKER_LABELS"]
+        node = f"{unique('ip-10-9-8-7')}.ec2.internal"
         env = dict(chart_worker_env)
         env.update(aws_env)  # endpoint, region and moto's credentials
         env.update(
@@ -84,7 +87,7 @@ def pod_for(aws_env, model_server, chart_worker_env, kube_api: EmulatorThread, t
                 FRAMESCALE_WORKER_MODEL_NAME=model,
                 FRAMESCALE_WORKER_LABELS=json.dumps(synthetic.LABELS) if model == "synthetic" else labels,
                 FRAMESCALE_WORKER_HEALTH_PORT=str(health_port),
-                FRAMESCALE_WORKER_NODE_NAME=NODE,
+                FRAMESCALE_WORKER_NODE_NAME=node,
                 FRAMESCALE_WORKER_POD_NAME=f"framescale-demo-{unique('pod')}",
                 FRAMESCALE_WORKER_WAIT_TIME_SECONDS="1",
                 FRAMESCALE_WORKER_LOG_FORMAT="json",
@@ -92,9 +95,28 @@ def pod_for(aws_env, model_server, chart_worker_env, kube_api: EmulatorThread, t
             )
         )
         env.update(overrides)
-        return Pod(env, {str(kubeconfig): KUBECONFIG_IN_CONTAINER})
+        return Pod(env, {str(kubeconfig): KUBECONFIG_IN_CONTAINER}, node)
 
     return pod
+
+
+def lease_url(server: str, namespace: str, node: str) -> str:
+    return f"{server}/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{busy_lease.lease_name(node)}"
+
+
+def admit(server: str, pod: Pod) -> None:
+    """Play the operator: once the worker's Lease is there, admit the node (the worker starts no
+    job before that)."""
+    url = lease_url(server, pod.env["FRAMESCALE_WORKER_NAMESPACE"], pod.node)
+    wait_for(lambda: get(url)[0] == 200, timeout=120, what="the worker's Lease")
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(busy_lease.admit_patch(LEASE_OWNER)).encode(),
+        method="PATCH",
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
+    with urllib.request.urlopen(request, timeout=5):
+        pass
 
 
 def wait_for_or_none(check: Any, timeout: float) -> bool:
@@ -154,6 +176,7 @@ def test_worker_image_processes_jobs_with_the_charts_environment(
     port = free_port()
     pod = pod_for(stack, port)
     worker = run_worker(pod.env, pod.mounts)
+    admit(kube_api.url, pod)
     base = f"http://127.0.0.1:{port}"
     wait_for(lambda: get(base + "/readyz")[0] == 200 or not worker.alive(), timeout=120, what="worker ready")
     assert worker.alive(), f"the worker container exited:\n{worker.log_text()[-3000:]}"
@@ -182,7 +205,9 @@ def test_worker_image_processes_jobs_with_the_charts_environment(
     assert worker.alive()
 
 
-def test_sigterm_mid_job_exits_0_and_hands_the_job_back(pod_for, run_worker, tmp_path: Path) -> None:
+def test_sigterm_mid_job_exits_0_and_hands_the_job_back(
+    pod_for, run_worker, kube_api: EmulatorThread, tmp_path: Path
+) -> None:
     stack = local_stack.provision(unique("image-term"))
     # Long enough to be mid-job when the signal comes; a grace too short to finish it.
     video = write_synthetic_video(tmp_path / "long.mp4", width=640, height=360, fps=30, frame_count=300)
@@ -195,6 +220,7 @@ def test_sigterm_mid_job_exits_0_and_hands_the_job_back(pod_for, run_worker, tmp
         FRAMESCALE_WORKER_VISIBILITY_TIMEOUT_SECONDS="300",
     )
     worker = run_worker(pod.env, pod.mounts)
+    admit(kube_api.url, pod)
     sqs = client("sqs")
     wait_for(
         lambda: local_stack.queue_depth(sqs, stack.queue_url)[1] == 1 or not worker.alive(),
