@@ -426,3 +426,37 @@ def test_images_follow_values(helm: Helm) -> None:
     )
     default = render(helm, "defaults").of_kind("Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
     assert default["image"] == "framescale/operator:0.1.0"
+
+
+# Every image value and the container it lands in (the eks-gpu scenario renders them all).
+DIGEST_CASES = {
+    "operator.image": "operator",
+    "cleanup.image": "cleanup",
+    "pipelineDefaults.worker.image": "worker",
+    "pipelineDefaults.tfServing.image": "tf-serving",
+    "pipelineDefaults.model.sync.image": "model-sync",
+}
+
+
+def container_images(rendered: Rendered) -> dict[str, str]:
+    return {c["name"]: c["image"] for w in rendered.workloads() for _, c in pod_containers(w)}
+
+
+@pytest.mark.parametrize("value", sorted(DIGEST_CASES))
+def test_every_image_takes_a_digest_instead_of_its_tag(helm: Helm, value: str) -> None:
+    """As cert-manager's chart: `repository@digest` when image.digest is set, for every image
+    (the TF Serving GPU suffix belongs to the tag and is not added to a digest)."""
+    container = DIGEST_CASES[value]
+    digest = "sha256:" + "b" * 64
+    tagged = container_images(render(helm, "eks-gpu"))
+    repository = tagged[container].rsplit(":", 1)[0]
+    pinned = container_images(render(helm, "eks-gpu", "--set", f"{value}.digest={digest}"))
+    assert pinned[container] == f"{repository}@{digest}", pinned
+    # Only that image changed.
+    assert {k: v for k, v in pinned.items() if k != container} == {k: v for k, v in tagged.items() if k != container}
+
+
+@pytest.mark.parametrize("digest", ["sha256:abc", "b" * 64, "sha512:" + "b" * 128, "latest"])
+def test_a_malformed_digest_is_refused(helm: Helm, digest: str) -> None:
+    error = helm.template_error("--set", f"pipelineDefaults.worker.image.digest={digest}")
+    assert "digest" in error, error
