@@ -9,11 +9,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -22,7 +24,11 @@ from framescale import busy_lease
 from framescale.busy_lease import DrainMode, WorkerState
 from framescale.local import stack as local_stack
 from framescale.local.fake_node import FakeNode, FakeNodeConfig, write_kubeconfig
+from framescale.worker.adapters import SqsQueue
+from framescale.worker.gate import JobGate
 from framescale.worker.lease import renewal_margin
+from framescale.worker.loop import SlotWorker
+from framescale.worker.settings import WorkerSettings
 from tests.integration.operator.kube_emulator import EmulatorThread
 from tests.support import client, unique, wait_for
 
@@ -242,3 +248,67 @@ def test_a_fake_node_process_sigtermed_mid_job_hands_back_and_another_completes_
             process.kill()
         if node is not None:
             node.stop()
+
+
+def test_a_slot_whose_long_poll_returns_after_the_fence_hands_the_message_back_at_once(aws_env) -> None:
+    """The worker's own slot loop (SlotWorker) over SQS in moto: the gate shuts while a long poll
+    is under way; the message it then returns is handed back with visibility 0, no job started."""
+
+    stack = local_stack.provision(unique("fence"), visibility_timeout=300)
+    gate = JobGate.for_threads(1)
+    gate.open()
+    events: list[dict[str, Any]] = []
+    queue = SqsQueue(client("sqs"), stack.queue_url)
+    worker = SlotWorker(
+        WorkerSettings(queue_url=stack.queue_url, wait_time_seconds=5, visibility_timeout_seconds=300),
+        queue=queue,
+        dead_letters=queue,
+        store=None,  # type: ignore[arg-type]
+        publisher=None,  # type: ignore[arg-type]
+        model=SimpleNamespace(ready=lambda: True),  # type: ignore[arg-type]
+        events=events.append,
+        gate=gate.slot(0),
+    )
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: worker.receiving, timeout=10, what="the long poll", interval=0.01)
+        assert gate.close() == 0  # the fence, as the keeper closes it for a drain request
+        send(stack.queue_url, 1)
+        wait_for(lambda: any(e["type"] == "fenced_hand_back" for e in events), timeout=15, what="the hand-back")
+        handed_back = time.monotonic()
+        visible = wait_for(lambda: queue_counts(stack.queue_url) == (1, 0), timeout=5, what="the message visible again")
+        assert visible and time.monotonic() - handed_back < 5, "not handed back at once (visibility 300 s)"
+        assert [e["type"] for e in events] == ["fenced_hand_back", "job_finished"], "a job started"
+        assert gate.jobs_in_hand() == 0
+    finally:
+        worker.stopping.set()
+        thread.join(10)
+
+
+def test_a_fake_node_restarted_under_a_standing_request_stays_drained_until_withdrawn(
+    aws_env: dict[str, str], tmp_path: Path, kube_api: EmulatorThread
+) -> None:
+    stack = local_stack.provision(unique("fake"))
+    node_name = unique("ip-10-0-5")
+    node = FakeNode(config(tmp_path, kube_api.url, stack.queue_url, node_name)).start()
+    admit_when_seen(kube_api.url, node_name)
+    token = busy_lease.new_drain_token()
+    operator_patch(kube_api.url, node_name, busy_lease.drain_request_patch(token, OWNER))
+    wait_for(lambda: read_record(kube_api.url, node_name).drained_for(token), timeout=5, what="drained")  # type: ignore[union-attr]
+    node.kill()  # the worker dies; its Lease stays, request and all
+    send(stack.queue_url, 2)
+    restarted = FakeNode(config(tmp_path, kube_api.url, stack.queue_url, node_name, holder="restarted")).start()
+    try:
+        wait_for(
+            lambda: (r := read_record(kube_api.url, node_name)) is not None and r.holder == "restarted",
+            timeout=10,
+            what="the restarted node's renewal",
+        )
+        time.sleep(2.0)
+        assert [e["event"] for e in restarted.events] == ["drain_answered"], "a job under a standing request"
+        assert read_record(kube_api.url, node_name).drained_for(token)  # type: ignore[union-attr]
+        operator_patch(kube_api.url, node_name, busy_lease.withdraw_drain_patch())
+        wait_for(lambda: len(done(restarted.events)) == 2, timeout=30, what="the jobs after withdrawal")
+    finally:
+        restarted.stop()
