@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -312,3 +313,104 @@ def test_a_fake_node_restarted_under_a_standing_request_stays_drained_until_with
         wait_for(lambda: len(done(restarted.events)) == 2, timeout=30, what="the jobs after withdrawal")
     finally:
         restarted.stop()
+
+
+def race_drains_over_the_api(
+    tmp_path: Path, server: str, *, requests: int, nodes: int = 2, seed: int = 3
+) -> dict[str, Any]:
+    """Fake nodes (2 slots each) take short jobs from a busy queue while an "operator" asks them to
+    drain (if-idle) at random moments over the API; after each "drained" it holds the node as if
+    terminating it (0-0.3 s), then withdraws. Violations: a job in hand on a node at any moment
+    between the test seeing "drained" and its withdrawal. Every message must be done exactly once."""
+    stack = local_stack.provision(unique("race"), visibility_timeout=60)
+    names_ = [unique(f"ip-10-7-{n}") for n in range(nodes)]
+    fakes = [
+        FakeNode(
+            config(
+                tmp_path, server, stack.queue_url, name, slots=2, job_seconds=(0.02, 0.4), lease_poll_seconds=0.05,
+                seed=seed + n,
+            )
+        ).start()
+        for n, name in enumerate(names_)
+    ]  # fmt: skip
+    rng = random.Random(seed)
+    sent = requests * 2
+    send(stack.queue_url, sent, "race")
+    for name in names_:
+        admit_when_seen(server, name)
+    windows: list[tuple[str, float, float]] = []  # (node, drained seen, withdrawn)
+    latencies: list[float] = []
+    verdicts: Counter[str] = Counter()
+    try:
+        for _ in range(requests):
+            time.sleep(rng.uniform(0, 0.1))
+            index = rng.randrange(nodes)
+            name = names_[index]
+            token = busy_lease.new_drain_token()
+            asked = time.monotonic()
+            operator_patch(server, name, busy_lease.drain_request_patch(token, OWNER))
+
+            def answered(name: str = name, token: str = token) -> busy_lease.LeaseRecord | None:
+                current = read_record(server, name)
+                ok = current is not None and current.drain_reply is not None and current.drain_reply.token == token
+                return current if ok else None
+
+            current = wait_for(answered, timeout=10, what="a drain answer", interval=0.01)
+            seen = time.monotonic()
+            latencies.append(seen - asked)
+            assert current.drain_reply is not None
+            verdicts[current.drain_reply.verdict.value] += 1
+            if current.drained_for(token):
+                time.sleep(rng.uniform(0, 0.3))  # the operator terminating the instance
+                windows.append((fakes[index].config.node_name, seen, time.monotonic()))
+            operator_patch(server, name, busy_lease.withdraw_drain_patch())
+        for name in names_:  # let them finish the queue
+            operator_patch(server, name, busy_lease.withdraw_drain_patch())
+        wait_for(lambda: sum(len(done(f.events)) for f in fakes) >= sent, timeout=120, what="every message done")
+    finally:
+        for fake in fakes:
+            fake.stop()
+    jobs = [e for f in fakes for e in f.events if e["event"] == "job_ended"]
+    violations = [
+        (job["message_id"], node)
+        for node, start, end in windows
+        for job in jobs
+        if job["node"] == node and job["started_monotonic"] <= end and job["ended_monotonic"] >= start
+    ]
+    done_ids = [job["message_id"] for job in jobs if job["outcome"] == "done"]
+    latencies.sort()
+    return {
+        "requests": requests,
+        "drained": verdicts["drained"],
+        "refused": verdicts["refused"],
+        "jobs": len(jobs),
+        "violations": len(violations),
+        "done": len(done_ids),
+        "done_twice": len(done_ids) - len(set(done_ids)),
+        "sent": sent,
+        "left": queue_counts(stack.queue_url),
+        "answer_median_s": round(latencies[len(latencies) // 2], 3),
+        "answer_p95_s": round(latencies[int(len(latencies) * 0.95)], 3),
+    }
+
+
+def check_race(result: dict[str, Any]) -> None:
+    assert result["drained"] > 10 and result["refused"] > 10, f"the race did not exercise both answers: {result}"
+    assert result["violations"] == 0, result
+    assert (result["done"], result["done_twice"], result["left"]) == (result["sent"], 0, (0, 0)), result
+    assert result["answer_p95_s"] < 2.0, f"drains answered too slowly: {result}"
+
+
+def test_race_drains_over_the_api_never_find_a_job_in_hand(
+    aws_env: dict[str, str], tmp_path: Path, kube_api: EmulatorThread
+) -> None:
+    result = race_drains_over_the_api(tmp_path, kube_api.url, requests=120)
+    print("race over the API:", result)
+    check_race(result)
+
+
+@pytest.mark.soak
+def test_soak_race_drains_over_the_api(aws_env: dict[str, str], tmp_path: Path, kube_api: EmulatorThread) -> None:
+    result = race_drains_over_the_api(tmp_path, kube_api.url, requests=500, nodes=3, seed=11)
+    print("race over the API (soak):", result)
+    check_race(result)

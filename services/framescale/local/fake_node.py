@@ -26,10 +26,11 @@ machine's CLOCK_MONOTONIC, one clock for all processes of a machine) and ``wall`
 
 * ``{"event": "job_started", "message_id", "slot", "receive_count", ...}`` when a job starts;
 * ``{"event": "job_ended", "message_id", "slot", "outcome", "started_monotonic", "started_wall",
-  ...}`` when it ends, ``outcome`` one of ``done`` (message deleted), ``handed_back`` (stopped
-  mid-job: visibility 0), ``killed`` (``kill()`` mid-job: the message comes back when its
-  visibility runs out). A ``job_started`` with no ``job_ended`` is a job whose process was
-  SIGKILLed;
+  "ended_monotonic", ...}`` when it ends (``ended_monotonic``: taken before the slot leaves the
+  gate, so the job was in hand over the whole of [started_monotonic, ended_monotonic]),
+  ``outcome`` one of ``done`` (message deleted), ``handed_back`` (stopped mid-job: visibility 0),
+  ``killed`` (``kill()`` mid-job: the message comes back when its visibility runs out). A
+  ``job_started`` with no ``job_ended`` is a job whose process was SIGKILLed;
 * ``{"event": "fenced", "message_id"}``: a message a long poll returned after the gate shut,
   handed back at once (no job started);
 * ``{"event": "drain_answered", "token", "verdict", "jobs_in_hand"}``: each drain answer as the
@@ -232,6 +233,7 @@ class FakeNode:
             outcome = "handed_back" if self._visibility(receipt, 0) else "hand_back_failed"
         else:
             outcome = "done" if self._delete(receipt) else "delete_failed"
+        ended = time.monotonic()  # before the gate hears of it: the job is in hand until then
         if outcome != "killed":
             cell.finish()
             self.keeper.poke()
@@ -243,6 +245,7 @@ class FakeNode:
             receive_count=receive_count,
             started_monotonic=started["monotonic"],
             started_wall=started["wall"],
+            ended_monotonic=ended,
         )
 
     def _visibility(self, receipt: str, seconds: int) -> bool:

@@ -183,6 +183,9 @@ RESOURCES: dict[str, dict[str, Any]] = {
 }
 
 
+REQUEST_LOG_PASS_SECONDS = 0.2  # how long a request stays in kmock's log (between one and two passes)
+
+
 class EmulatorThread:
     """The emulator served over HTTP on 127.0.0.1 from a background event loop."""
 
@@ -209,9 +212,27 @@ class EmulatorThread:
     def start(self) -> EmulatorThread:
         self.thread.start()
         asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(timeout=30)
+        self._trimming = asyncio.run_coroutine_threadsafe(self._bound_request_log(), self.loop)
         return self
 
+    async def _bound_request_log(self) -> None:
+        """Drop from kmock's request log what has been there a while. kmock keeps every request it
+        served and matches each new one against its reactions by walking the whole log: after a few
+        thousand requests (fake nodes polling their Leases) every answer took a tenth of a second
+        or more. A request is matched as soon as it is parsed (or once the write lock is free, a
+        few milliseconds), so one that has been in the log for a whole pass is done with it."""
+        present = 0  # entries that were in the log at the previous pass
+        while True:
+            await asyncio.sleep(REQUEST_LOG_PASS_SECONDS)
+            if self.emulator is None:
+                continue
+            log = self.emulator._requests
+            del log[: min(present, len(log))]
+            present = len(log)
+
     def stop(self) -> None:
+        if getattr(self, "_trimming", None) is not None:
+            self._trimming.cancel()
         try:
             asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(timeout=30)
         finally:
