@@ -378,6 +378,7 @@ def race_drains_over_the_api(
         if job["node"] == node and job["started_monotonic"] <= end and job["ended_monotonic"] >= start
     ]
     done_ids = [job["message_id"] for job in jobs if job["outcome"] == "done"]
+    twice = {m for m, n in Counter(done_ids).items() if n > 1}
     latencies.sort()
     return {
         "requests": requests,
@@ -387,6 +388,7 @@ def race_drains_over_the_api(
         "violations": len(violations),
         "done": len(done_ids),
         "done_twice": len(done_ids) - len(set(done_ids)),
+        "twice": [e for f in fakes for e in f.events if e.get("message_id") in twice],
         "sent": sent,
         "left": queue_counts(stack.queue_url),
         "answer_median_s": round(latencies[len(latencies) // 2], 3),
