@@ -11,8 +11,12 @@ defaults apply when they are omitted.
 
 An optional field (``X | None`` in the models) becomes plain ``X``, never ``nullable``: absent
 is how the API says "unset". The API server then prunes a null it is sent instead of storing
-it, and a merge patch's null deletes the field. That matters for ``spec.replicas``, which the
-``/scale`` subresource reads: it must hold an integer or nothing, never null.
+it, and a merge patch's null deletes the field.
+
+The scale subresource reads ``spec.replicas`` (``specReplicasPath``); the apiextensions server
+answers ``GET /scale`` with 500 when that field is absent, so it has a schema default (0), which
+the server applies on every read and write; the mode lives in ``spec.mode`` (``scale_mode``).
+``labelSelectorPath`` points at ``status.selector``, the worker pods' label selector.
 """
 
 from __future__ import annotations
@@ -170,6 +174,7 @@ def crd() -> dict[str, Any]:
                         "scale": {
                             "specReplicasPath": ".spec.replicas",
                             "statusReplicasPath": ".status.replicas",
+                            "labelSelectorPath": ".status.selector",
                         },
                     },
                     "additionalPrinterColumns": copy.deepcopy(PRINTER_COLUMNS),

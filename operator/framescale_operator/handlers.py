@@ -8,6 +8,9 @@
   is due, and writes ``status``. A failed pass never raises ``kopf.TemporaryError`` here: kopf
   would sleep the whole timer through the delay, Lease changes included; the clock schedules
   the retry instead. The status and a Warning Event say it is retrying, a log line says when.
+* the scale subresource's rules (``scale_mode``): before a pass, an outside write of
+  ``spec.replicas`` pins the pipeline (spec.mode Manual, an Event); after an autoscaling pass, the
+  decided count is mirrored into ``spec.replicas``, conditional on the version read.
 * deletion releases every protection the pipeline holds (hence a finalizer).
 """
 
@@ -23,9 +26,9 @@ from typing import Any
 import kopf
 
 from framescale import busy_lease, names
-from framescale_operator import metrics, protection, reconcile, scheduling
+from framescale_operator import metrics, models, protection, reconcile, scale_mode, scheduling
 from framescale_operator.aws_actuators import AwsActuator, AwsError, AwsRetryable
-from framescale_operator.kube import KubeError, KubeRetryable, NodeAnnotator
+from framescale_operator.kube import KubeConflict, KubeError, KubeRetryable, NodeAnnotator, PipelineWriter
 from framescale_operator.settings import OperatorSettings, load
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,7 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     memo.lease_watch = scheduling.LeaseWatch()
     memo.aws = AwsActuator(max_attempts=config.aws_max_attempts)
     memo.nodes_api = NodeAnnotator()
+    memo.pipelines_api = PipelineWriter(*RESOURCE)
     memo.metrics_server = None
     if config.metrics_port:
         memo.metrics_server = metrics.serve(config.metrics_host, config.metrics_port)
@@ -63,7 +67,7 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.cleanup()
 def stop(memo: kopf.Memo, **_: Any) -> None:
-    for key in ("aws", "nodes_api"):
+    for key in ("aws", "nodes_api", "pipelines_api"):
         resource = memo.get(key)
         if resource is not None:
             resource.close()
@@ -121,6 +125,48 @@ def _lease_namespace(config: OperatorSettings, namespace: str) -> str:
     return config.lease_namespace or namespace
 
 
+async def _write_scale_fields(
+    memo: kopf.Memo, ref: reconcile.PipelineRef, patch: dict[str, Any], what: str
+) -> bool:
+    """One conditional merge patch of the pipeline's spec/metadata; False when it did not land."""
+    try:
+        await asyncio.to_thread(memo.pipelines_api.patch_pipeline, ref.namespace, ref.name, patch)
+    except KubeConflict:
+        # Someone wrote the object since it was read; the next tick sees what they wrote.
+        log.info("%s not written: the pipeline changed since it was read", what, extra=ref.log_extra())
+        return False
+    except KubeError as error:
+        log.warning("%s not written: %s; tried again at the next tick", what, error, extra=ref.log_extra())
+        return False
+    return True
+
+
+async def _resolve_mode(
+    body: kopf.Body, memo: kopf.Memo, ref: reconcile.PipelineRef
+) -> tuple[scale_mode.ScaleState, scale_mode.Resolution]:
+    """The mode this tick runs in; pins (or acknowledges a manual rescale) when the object says so."""
+    state = scale_mode.ScaleState.from_body(dict(body))
+    resolution = scale_mode.resolve(state)
+    if resolution.pinned_now:
+        if await _write_scale_fields(memo, ref, scale_mode.pin_patch(state), "switch to Manual"):
+            message = (
+                f"spec.replicas was set to {state.replicas} from outside the operator (kubectl scale, an HPA, "
+                f"an edit): pinned, spec.mode is Manual; to autoscale again: {scale_mode.RETURN_TO_AUTOSCALING}"
+            )
+            kopf.event(body, type="Normal", reason="Pinned", message=message)
+            log.info("%s", message, extra=ref.log_extra(reason="Pinned"))
+    elif resolution.acknowledge:
+        await _write_scale_fields(memo, ref, scale_mode.acknowledge_patch(state), "manual count acknowledgement")
+    return state, resolution
+
+
+def _decided_count(outcome: reconcile.Outcome) -> int | None:
+    """The node count an autoscaling pass decided and carried out, if it did."""
+    if outcome.decision is None or outcome.scaling_failure is not None:
+        return None
+    return outcome.decision.desired
+
+
 def _nodes_snapshot(index: kopf.Index[str, protection.NodeRecord]) -> dict[str, protection.NodeRecord]:
     return {key: record for key, store in index.items() for record in store}
 
@@ -145,6 +191,13 @@ async def tick(
     config: OperatorSettings = memo.settings
     watch: scheduling.LeaseWatch = memo.lease_watch
     clock: scheduling.PipelineClock = memo.setdefault("clock", scheduling.PipelineClock())
+    ref = reconcile.PipelineRef(namespace=namespace, name=name)
+    state, resolution = await _resolve_mode(body, memo, ref)
+    selector = scale_mode.selector_string(
+        dict(spec.get("workerSelector") or {}) or scale_mode.default_selector(name)
+    )
+    if status.get("selector") != selector:
+        patch.status["selector"] = selector
     monotonic, now = time.monotonic(), datetime.now(UTC)
     generation = meta.get("generation")
     epoch = watch.epoch
@@ -159,9 +212,9 @@ async def tick(
     if due is None:
         return
 
-    ref = reconcile.PipelineRef(namespace=namespace, name=name)
     snapshot = reconcile.Snapshot(
-        spec=copy.deepcopy(dict(spec)),  # the pass runs in a thread; kopf may update the live body
+        # A copy (the pass runs in a thread; kopf may update the live body), in the resolved mode.
+        spec={**copy.deepcopy(dict(spec)), "mode": resolution.mode.value},
         status=copy.deepcopy(dict(status)),
         generation=generation,
         leases=list(busy_leases.get(_lease_namespace(config, namespace), [])),
@@ -183,6 +236,11 @@ async def tick(
         protection_retry=bool(outcome.protection_failure and outcome.protection_failure.retryable),
         base_delay=config.temporary_error_delay_seconds,
     )
+    decided = _decided_count(outcome)
+    if resolution.mode is models.Mode.AUTOSCALING and decided is not None:
+        mirror = scale_mode.mirror_patch(state, decided)
+        if mirror is not None:
+            await _write_scale_fields(memo, ref, mirror, f"mirror of {decided} into spec.replicas")
     for key, value in outcome.status_patch.items():
         patch.status[key] = value
     for note in outcome.events:

@@ -1,4 +1,4 @@
-"""The Kubernetes side the operator writes itself: Node annotations.
+"""The Kubernetes side the operator writes itself: Node annotations and the pipeline's scale fields.
 
 kopf watches and patches the VideoPipelines, Leases and Nodes it is told about; setting
 annotations on a Node (not the object being handled) needs a client of our own. It is made
@@ -67,3 +67,44 @@ class NodeAnnotator:
             raise KubeError("PatchNode", error.status, str(error.reason)) from error
         except HTTPError as error:
             raise KubeRetryable("PatchNode", None, str(error)) from error
+
+
+class KubeConflict(KubeRetryable):
+    """A write's ``resourceVersion`` precondition failed: the object changed since it was read."""
+
+
+class PipelineApi(Protocol):
+    """Writes to the VideoPipeline object itself (spec and metadata), outside kopf's own patches."""
+
+    def patch_pipeline(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]: ...
+
+
+class PipelineWriter:
+    """``PipelineApi`` over the official client: a merge patch of the VideoPipeline.
+
+    A patch that carries ``metadata.resourceVersion`` is conditional: the API server answers 409
+    when the object has changed since, raised here as ``KubeConflict``.
+    """
+
+    def __init__(self, group: str, version: str, plural: str, api_client: client.ApiClient | None = None) -> None:
+        self.api_client = api_client or load_api_client()
+        self.custom = client.CustomObjectsApi(self.api_client)
+        self.group, self.version, self.plural = group, version, plural
+
+    def close(self) -> None:
+        self.api_client.close()
+
+    def patch_pipeline(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        try:
+            result = self.custom.patch_namespaced_custom_object(
+                self.group, self.version, namespace, self.plural, name, patch, _content_type=MERGE_PATCH
+            )
+        except ApiException as error:
+            if error.status == 409:
+                raise KubeConflict("PatchVideoPipeline", error.status, str(error.reason)) from error
+            if error.status in RETRYABLE_STATUSES:
+                raise KubeRetryable("PatchVideoPipeline", error.status, str(error.reason)) from error
+            raise KubeError("PatchVideoPipeline", error.status, str(error.reason)) from error
+        except HTTPError as error:
+            raise KubeRetryable("PatchVideoPipeline", None, str(error)) from error
+        return dict(result) if isinstance(result, dict) else {}

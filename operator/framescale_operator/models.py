@@ -36,6 +36,13 @@ class _ApiModel(BaseModel):
     )
 
 
+class Mode(StrEnum):
+    """Who sets the node count: the operator from the queue, or whoever writes spec.replicas."""
+
+    AUTOSCALING = "Autoscaling"
+    MANUAL = "Manual"
+
+
 class NodeGroup(_ApiModel):
     """The accelerator node group the pipeline's workers run on."""
 
@@ -53,7 +60,7 @@ class NodeGroup(_ApiModel):
 
 
 class Autoscaling(_ApiModel):
-    """How the node count follows the queue when spec.replicas is absent."""
+    """How the node count follows the queue in Autoscaling mode."""
 
     model_config = ConfigDict(
         json_schema_extra={"x-kubernetes-validations": [{"rule": MIN_MAX_RULE, "message": MIN_MAX_MESSAGE}]}
@@ -113,14 +120,31 @@ class Autoscaling(_ApiModel):
 class VideoPipelineSpec(_ApiModel):
     """What the user wants: which queue feeds which node group, and how to size it."""
 
-    replicas: int | None = Field(
-        default=None,
+    mode: Mode = Field(
+        default=Mode.AUTOSCALING,
+        description=(
+            "Autoscaling: the operator sizes the node group from the queue and mirrors its count into "
+            "spec.replicas. Manual: the node group is held at spec.replicas. Writing spec.replicas while "
+            "autoscaling (`kubectl scale vp/NAME --replicas=N`, an HPA, KEDA) switches to Manual; return "
+            'with: kubectl patch vp/NAME --type=merge -p \'{"spec":{"mode":"Autoscaling"}}\'.'
+        ),
+    )
+    replicas: int = Field(
+        default=0,
         ge=0,
         le=10_000,
         description=(
-            "Pins the node count (manual mode; `kubectl scale vp/NAME --replicas=N` sets it). "
-            "Absent: the operator autoscales from the queue. To return to autoscaling, remove the "
-            'field: kubectl patch vp/NAME --type=merge -p \'{"spec":{"replicas":null}}\'.'
+            "The node count the scale subresource reads and writes; always present, so GET /scale never "
+            "fails. In Manual mode the node group is held at it; in Autoscaling mode the operator writes "
+            "its own decision here, and a write by anyone else pins the pipeline (mode becomes Manual)."
+        ),
+    )
+    worker_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Labels of this pipeline's worker pods (the chart sets its DaemonSet's pod labels). Published "
+            "as status.selector, the scale subresource's label selector, for HPA and KEDA. Empty: "
+            "app.kubernetes.io/component=worker,framescale.io/pipeline=NAME."
         ),
     )
     queue_url: Annotated[str, StringConstraints(pattern=QUEUE_URL_PATTERN, max_length=2048)] = Field(
@@ -133,7 +157,7 @@ class VideoPipelineSpec(_ApiModel):
         description="Name of the worker DaemonSet (informational; shown to users, not used for sizing).",
     )
     autoscaling: Autoscaling = Field(
-        default_factory=Autoscaling, description="Autoscaling bounds and behaviour (used when replicas is absent)."
+        default_factory=Autoscaling, description="Autoscaling bounds and behaviour (used in Autoscaling mode)."
     )
 
 
@@ -158,11 +182,6 @@ class Condition(_ApiModel):
     )
 
 
-class Mode(StrEnum):
-    AUTOSCALING = "Autoscaling"
-    MANUAL = "Manual"
-
-
 class ScaleDirection(StrEnum):
     OUT = "Out"
     IN = "In"
@@ -173,7 +192,16 @@ class VideoPipelineStatus(_ApiModel):
 
     model_config = ConfigDict(frozen=False)
 
-    mode: Mode | None = Field(default=None, description="Autoscaling, or Manual while spec.replicas pins the count.")
+    mode: Mode | None = Field(
+        default=None, description="The mode the last pass ran in (spec.mode, or Manual once a pin was seen)."
+    )
+    selector: str | None = Field(
+        default=None,
+        description=(
+            "Label selector (string form) of the pipeline's worker pods: the scale subresource's "
+            "labelSelectorPath, so an HPA or KEDA ScaledObject can target the VideoPipeline."
+        ),
+    )
     replicas: int | None = Field(default=None, description="Instances in service in the Auto Scaling group.")
     desired_replicas: int | None = Field(
         default=None, description="The Auto Scaling group's desired capacity after the last decision."

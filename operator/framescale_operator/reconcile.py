@@ -142,7 +142,7 @@ def _last_scale(status: Mapping[str, Any]) -> policy.LastScale | None:
 def scaling_spec(spec: models.VideoPipelineSpec) -> policy.ScalingSpec:
     auto = spec.autoscaling
     return policy.ScalingSpec(
-        replicas=spec.replicas,
+        replicas=spec.replicas if spec.mode is Mode.MANUAL else None,
         min_replicas=auto.min_replicas,
         max_replicas=auto.max_replicas,
         target_backlog_per_replica=auto.target_backlog_per_replica,
@@ -219,7 +219,7 @@ def _group_name(spec: Mapping[str, Any]) -> str:
 
 
 def _mode_message(spec: models.VideoPipelineSpec) -> str:
-    if spec.replicas is not None:
+    if spec.mode is Mode.MANUAL:
         return f"pinned to {spec.replicas} node(s) by spec.replicas"
     auto = spec.autoscaling
     return f"autoscaling from the queue between {auto.min_replicas} and {auto.max_replicas} node(s)"
@@ -272,7 +272,7 @@ def reconcile(
         else:
             _scale(ref, snapshot, outcome.spec, outcome.group, aws=aws, outcome=outcome, new=new)
         if outcome.spec is not None:
-            mode = (Mode.MANUAL if outcome.spec.replicas is not None else Mode.AUTOSCALING).value
+            mode = outcome.spec.mode.value
             if old.get("mode") not in (None, mode):
                 message = f"{old['mode']} -> {mode}: {_mode_message(outcome.spec)}"
                 outcome.events.append(EventNote("Normal", "ModeChanged", message))

@@ -175,6 +175,10 @@ def test_videopipeline_fields_follow_values(rendered_pipelines: Rendered, chart_
         }
         assert spec["daemonSetName"] == f"{RELEASE}-framescale-{pipeline['name']}"
         assert spec.get("replicas") == pipeline.get("replicas")
+        assert spec.get("mode") == ("Manual" if pipeline.get("replicas") is not None else None)
+        daemon_set = rendered_pipelines.one("DaemonSet", spec["daemonSetName"])
+        assert spec["workerSelector"] == daemon_set["spec"]["selector"]["matchLabels"]
+        assert spec["workerSelector"]["framescale.io/pipeline"] == pipeline["name"]
         expected = {k: v for k, v in pipeline["autoscaling"].items() if v is not None}
         assert spec["autoscaling"] == expected
 
@@ -186,6 +190,7 @@ def test_crd_is_the_generated_file_plus_chart_metadata(helm: Helm, crd_file: dic
     assert crd["metadata"]["labels"]["app.kubernetes.io/part-of"] == "framescale"
     subresources = crd["spec"]["versions"][0]["subresources"]
     assert subresources["scale"]["specReplicasPath"] == ".spec.replicas"
+    assert subresources["scale"]["labelSelectorPath"] == ".status.selector"
     assert "status" in subresources
 
 

@@ -243,7 +243,7 @@ class Pipeline:
         return self.kube.create(self.kube.vp_path(self.namespace), body)
 
     def pinned(self, replicas: int, **autoscaling: Any) -> dict[str, Any]:
-        return {**self.spec(**autoscaling), "replicas": replicas}
+        return {**self.spec(**autoscaling), "mode": "Manual", "replicas": replicas}
 
     def status(self) -> dict[str, Any]:
         return self.kube.status(self.namespace, self.name)

@@ -11,7 +11,11 @@ server does and kopf depends on:
 * ``generation`` + 1 when a write changes ``spec``; a write to ``/status`` changes only
   ``status``;
 * a failed JSON-patch ``test`` (kopf's optimistic lock on finalizers) answers 422, and a
-  merge patch carrying a stale ``resourceVersion`` answers 409.
+  merge patch carrying a stale ``resourceVersion`` answers 409;
+* for the custom resources whose CRDs it is given (by default the chart's VideoPipeline CRD), what
+  the apiextensions server does (``apiextensions``): structural defaults on every write, and the
+  ``/scale`` subresource (GET 500 when the spec replicas field is absent, PATCH and PUT of the
+  Scale writing back only ``spec.replicas``, with resourceVersion preconditions).
 
 The emulator runs on its own event loop in a background thread (``EmulatorThread``), so
 that a synchronous test and the operator in a child process both reach it over HTTP.
@@ -26,40 +30,148 @@ import secrets
 import threading
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import aiohttp.web
 import attrs
 import jsonpatch
 import jsonpointer
 import kmock
+import yaml
 from kmock._internal import dicts, enums, rendering
 
+from tests.integration.operator import apiextensions
+from tests.integration.operator.apiextensions import ScaleError, ScaleSubresource
+
 WRITES = (enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE)
+CHART_CRD = Path(__file__).resolve().parents[3] / "charts" / "framescale" / "files" / "videopipelines.framescale.io.yaml"
 
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@dataclass(frozen=True)
+class CustomResource:
+    """What the emulator knows of one served custom resource version from its CRD."""
+
+    schema: dict[str, Any]
+    scale: ScaleSubresource | None
+
+
+def load_crd(path: Path = CHART_CRD) -> dict[str, Any]:
+    loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def custom_resources(crds: list[dict[str, Any]]) -> dict[tuple[str, str, str], CustomResource]:
+    result: dict[tuple[str, str, str], CustomResource] = {}
+    for crd in crds:
+        spec = crd["spec"]
+        for version in spec["versions"]:
+            key = (spec["group"], version["name"], spec["names"]["plural"])
+            schema = (version.get("schema") or {}).get("openAPIV3Schema") or {}
+            result[key] = CustomResource(schema=schema, scale=ScaleSubresource.from_crd_version(version))
+    return result
+
+
+class ScaleSpecMissing(kmock.KubernetesError):
+    """The 500 a real apiextensions server answers; expected, not an emulator bug."""
+
+
 @attrs.define(kw_only=True)
 class KubeEmulator(kmock.KubernetesEmulator):
     """kmock's emulator with resource versions, uids, generations and proper patch errors."""
 
+    crds: list[dict[str, Any]] = attrs.field(factory=lambda: [load_crd()])
     _versions: Iterator[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
     _last_version: int = attrs.field(default=0, init=False)
     _write_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
+    _custom: dict[tuple[str, str, str], CustomResource] = attrs.field(factory=dict, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self._custom = custom_resources(self.crds)
 
     def _next_version(self) -> str:
         self._last_version = next(self._versions)
         return str(self._last_version)
 
+    def _custom_resource(self, request: rendering.Request) -> CustomResource | None:
+        resource = request.resource
+        if resource is None:
+            return None
+        return self._custom.get((resource.group or "", resource.version or "", resource.plural or ""))
+
     async def _handle(self, request: rendering.Request) -> Any:
+        custom = self._custom_resource(request)
+        if custom is not None and custom.scale is not None and request.subresource == "scale" and request.name:
+            return await self._serve_scale(request, custom, custom.scale)
         if request.resource is None or request.action not in WRITES:
             return await super()._handle(request)
         async with self._write_lock:
             self._stamp(request)
             return await super()._handle(request)
+
+    async def _serve_scale(
+        self, request: rendering.Request, custom: CustomResource, scale: ScaleSubresource
+    ) -> aiohttp.web.StreamResponse:
+        method = str(request.method.value if hasattr(request.method, "value") else request.method).upper()
+        try:
+            if method == "GET":
+                async with self._lock:
+                    stored = self._stored(request)
+                    if stored is None:
+                        raise kmock.KubernetesError(status=404, reason="NotFound", message=f"{request.name} not found")
+                    return aiohttp.web.json_response(apiextensions.get_scale(copy.deepcopy(stored.raw), scale))
+            if method not in ("PATCH", "PUT"):
+                raise kmock.KubernetesError(status=405, reason="MethodNotAllowed", message=f"{method} /scale")
+            async with self._write_lock, self._lock:
+                stored = self._stored(request)
+                if stored is None:
+                    raise kmock.KubernetesError(status=404, reason="NotFound", message=f"{request.name} not found")
+                current = copy.deepcopy(stored.raw)
+                new_scale = request.data if method == "PUT" else self._patched_scale(request, current, scale)
+                updated, precondition = apiextensions.updated_object(current, new_scale, scale)
+                if precondition is not None and precondition != str(current["metadata"].get("resourceVersion")):
+                    raise kmock.KubernetesError(
+                        status=409,
+                        reason="Conflict",
+                        message="the object has been modified; please apply your changes to the latest version",
+                    )
+                problems = apiextensions.range_errors(updated, custom.schema)
+                if problems:
+                    raise kmock.KubernetesError(status=422, reason="Invalid", message="; ".join(problems))
+                changes: dict[str, Any] = {"spec": updated.get("spec"), "metadata": {}}
+                if updated.get("spec") != current.get("spec"):
+                    changes["metadata"]["generation"] = _generation(current) + 1
+                changes["metadata"]["resourceVersion"] = self._next_version()
+                stored.patch(changes)
+                raw = stored.raw
+                await self._buses[request.resource].put({"type": "MODIFIED", "object": copy.deepcopy(raw)})
+                return aiohttp.web.json_response(apiextensions.get_scale(copy.deepcopy(raw), scale))
+        except ScaleError as error:
+            kind = ScaleSpecMissing if error.status == 500 else kmock.KubernetesError
+            return await self._render_error(kind(status=error.status, reason=error.reason, message=error.message))
+        except kmock.KubernetesError as error:
+            return await self._render_error(error)
+
+    def _patched_scale(self, request: rendering.Request, current: dict[str, Any], scale: ScaleSubresource) -> Any:
+        old = apiextensions.old_scale_for_update(current, scale)
+        content_type = (request.headers.get("Content-Type") or "").split(";")[0].strip()
+        data = request.data
+        if content_type == "application/json-patch+json":
+            try:
+                return jsonpatch.apply_patch(old, data)
+            except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as error:
+                raise kmock.KubernetesError(status=422, reason="Invalid", message=str(error)) from error
+        if not isinstance(data, dict):
+            raise kmock.KubernetesError(status=400, reason="BadRequest", message="unsupported patch body")
+        return dicts.patch_dict(old, data)  # merge patch (strategic merge is the same for a Scale)
 
     def _stored(self, request: rendering.Request) -> kmock.Object | None:
         key = (request.resource, request.namespace, request.name)
@@ -92,6 +204,13 @@ class KubeEmulator(kmock.KubernetesEmulator):
         metadata["creationTimestamp"] = _now()
         metadata["generation"] = 1
         metadata.pop("deletionTimestamp", None)
+        custom = self._custom_resource(request)
+        if custom is not None:
+            for path, value in apiextensions.default_additions(data, custom.schema):
+                target = data
+                for part in path[:-1]:
+                    target = target[part]
+                target[path[-1]] = value
 
     def _stamp_update(self, request: rendering.Request) -> None:
         stored = self._stored(request)
@@ -106,6 +225,12 @@ class KubeEmulator(kmock.KubernetesEmulator):
             except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as error:
                 raise kmock.KubernetesError(status=422, reason="Invalid", message=str(error)) from error
             extra = [{"op": "add", "path": "/metadata/resourceVersion", "value": self._next_version()}]
+            custom = self._custom_resource(request)
+            if custom is not None and not status_only:
+                extra += [
+                    {"op": "add", "path": "/" + "/".join(path), "value": value}
+                    for path, value in apiextensions.default_additions(updated, custom.schema)
+                ]
             if not status_only and updated.get("spec") != current.get("spec"):
                 extra.append({"op": "add", "path": "/metadata/generation", "value": _generation(current) + 1})
             data.extend(extra)
@@ -122,6 +247,16 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 if key != "status":
                     del data[key]
         updated = dicts.patch_dict(current, data)
+        custom = self._custom_resource(request)
+        if custom is not None and not status_only:
+            # The server defaults the patched object; as a patch: the defaults, where it set nothing.
+            for path, value in apiextensions.default_additions(updated, custom.schema):
+                target = data
+                for part in path[:-1]:
+                    if not isinstance(target.get(part), dict):
+                        target[part] = {}
+                    target = target[part]
+                target[path[-1]] = value
         metadata = data.setdefault("metadata", {})
         metadata["resourceVersion"] = self._next_version()
         if not status_only and updated.get("spec") != current.get("spec"):
@@ -189,14 +324,15 @@ REQUEST_LOG_PASS_SECONDS = 0.2  # how long a request stays in kmock's log (betwe
 class EmulatorThread:
     """The emulator served over HTTP on 127.0.0.1 from a background event loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, crds: list[dict[str, Any]] | None = None) -> None:
+        self.crds = crds
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="kube-emulator", daemon=True)
         self.emulator: KubeEmulator | None = None
         self.server: kmock.Server | None = None
 
     async def _start(self) -> None:
-        self.emulator = KubeEmulator()
+        self.emulator = KubeEmulator() if self.crds is None else KubeEmulator(crds=self.crds)
         for resource, info in RESOURCES.items():
             self.emulator.resources[resource] = kmock.ResourceInfo(**info)
         await self.emulator.__aenter__()
@@ -253,4 +389,5 @@ class EmulatorThread:
             error
             for error in self.emulator.errors
             if not (isinstance(error, kmock.KubernetesError) and error.status < 500)
+            and not isinstance(error, ScaleSpecMissing)
         ]

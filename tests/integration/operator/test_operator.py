@@ -5,6 +5,7 @@ instances in moto, the VideoPipeline, Nodes and Events in the emulator.
 
 from __future__ import annotations
 
+import random
 import time
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -15,6 +16,7 @@ import pytest
 from framescale import names
 from framescale.busy_lease import parse_time
 from framescale_operator.protection import PROTECTED_BY_ANNOTATION
+from framescale_operator.scale_mode import MIRROR_ANNOTATION
 from tests.integration.operator.conftest import (
     LEASE_SECONDS,
     POLL,
@@ -153,31 +155,88 @@ def test_activation_backlog_gates_the_scale_from_zero(pipeline: Pipeline, kube: 
     assert world.desired(pipeline.group) == 2
 
 
-def test_scale_subresource_pins_the_count_and_removing_it_returns_to_autoscaling(
+def _scale(kube: KubeClient, pipeline: Pipeline) -> dict[str, Any]:
+    return kube.get(kube.vp_path(pipeline.namespace, pipeline.name, "scale"))
+
+
+def _mirrored(kube: KubeClient, pipeline: Pipeline, count: int) -> bool:
+    body = kube.vp(pipeline.namespace, pipeline.name)
+    annotation = (body["metadata"].get("annotations") or {}).get(MIRROR_ANNOTATION)
+    return body["spec"]["replicas"] == count and annotation == str(count)
+
+
+def test_scale_subresource_in_both_modes_kubectl_scale_pins_and_the_documented_edit_returns(
     pipeline: Pipeline, kube: KubeClient
 ) -> None:
     world = pipeline.world
     pipeline.create(scaleInCooldownSeconds=1)
     wait_for(lambda: pipeline.condition("Ready"), "the first status")
-    scale = kube.vp_path(pipeline.namespace, pipeline.name, "scale")
+    scale_path = kube.vp_path(pipeline.namespace, pipeline.name, "scale")
+    selector = f"app.kubernetes.io/component=worker,framescale.io/pipeline={pipeline.name}"
 
-    # What `kubectl scale vp/detector --replicas=0` sends: the count does not move, the mode does.
-    kube.merge_patch(scale, {"spec": {"replicas": 0}})
-    wait_for(lambda: pipeline.status().get("mode") == "Manual", "mode Manual")
-    wait_for(lambda: "ModeChanged" in _reasons(kube, pipeline.namespace), "a ModeChanged Event")
-    assert _scaled(kube, pipeline.namespace) == []
+    # Autoscaling: GET /scale works (the CRD's default) and shows the operator's own count.
+    scale = wait_for(lambda: (s := _scale(kube, pipeline))["status"]["selector"] and s, "the selector")
+    assert scale["spec"]["replicas"] == 0 and scale["status"]["selector"] == selector
+    world.send(pipeline.queue_url, 4)
+    wait_for(lambda: world.desired(pipeline.group) == 2, "autoscaled to ceil(4 / 2) = 2")
+    wait_for(lambda: _mirrored(kube, pipeline, 2), "2 mirrored into spec.replicas")
+    wait_for(lambda: _scale(kube, pipeline)["status"]["replicas"] == 2, "GET /scale: 2 in service")
+    assert pipeline.status()["mode"] == "Autoscaling"
+    assert "Pinned" not in _reasons(kube, pipeline.namespace)
 
-    kube.merge_patch(scale, {"spec": {"replicas": 2}})
-    wait_for(lambda: world.desired(pipeline.group) == 2, "desired capacity pinned to 2")
+    # What `kubectl scale vp/detector --replicas=1` sends: a merge patch of /scale. It pins.
+    assert kube.merge_patch(scale_path, {"spec": {"replicas": 1}})["spec"]["replicas"] == 1
+    wait_for(lambda: kube.vp(pipeline.namespace, pipeline.name)["spec"]["mode"] == "Manual", "spec.mode Manual")
+    wait_for(lambda: pipeline.status().get("mode") == "Manual", "status.mode Manual")
+    wait_for(lambda: world.desired(pipeline.group) == 1, "held at the pinned 1 despite the backlog")
+    assert "Pinned" in _reasons(kube, pipeline.namespace)
+    assert _scale(kube, pipeline)["spec"]["replicas"] == 1
+    # Manual: a second kubectl scale moves the count; the operator never writes spec.replicas.
+    kube.merge_patch(scale_path, {"spec": {"replicas": 3}})
+    wait_for(lambda: world.desired(pipeline.group) == 3, "pinned to 3")
+    time.sleep(2 * POLL + 0.5)
+    assert _scale(kube, pipeline)["spec"]["replicas"] == 3
     assert pipeline.condition("Scaling")["reason"] == "Pinned"
 
-    # What `kubectl patch vp/detector --type=merge -p '{"spec":{"replicas":null}}'` sends.
-    kube.merge_patch(kube.vp_path(pipeline.namespace, pipeline.name), {"spec": {"replicas": None}})
-    assert "replicas" not in kube.vp(pipeline.namespace, pipeline.name)["spec"]
-    wait_for(lambda: pipeline.status().get("mode") == "Autoscaling", "mode Autoscaling")
-    wait_for(lambda: world.desired(pipeline.group) == 0, "the empty queue brings the group back to 0")
-    assert pipeline.status()["observedGeneration"] == 4
-    wait_for(lambda: _reasons(kube, pipeline.namespace).count("ModeChanged") == 2, "a second ModeChanged Event")
+    # The documented edit back: kubectl patch vp/detector --type=merge -p '{"spec":{"mode":"Autoscaling"}}'
+    kube.merge_patch(kube.vp_path(pipeline.namespace, pipeline.name), {"spec": {"mode": "Autoscaling"}})
+    wait_for(lambda: pipeline.status().get("mode") == "Autoscaling", "status.mode Autoscaling")
+    wait_for(lambda: world.desired(pipeline.group) == 2, "autoscaling again: back to 2 for the backlog of 4")
+    wait_for(lambda: _mirrored(kube, pipeline, 2), "2 mirrored again")
+    assert kube.vp(pipeline.namespace, pipeline.name)["spec"]["mode"] == "Autoscaling"
+    assert _reasons(kube, pipeline.namespace).count("Pinned") == 1
+
+
+def test_kubectl_scale_racing_the_mirror_write_is_never_lost(pipeline: Pipeline, kube: KubeClient) -> None:
+    """The operator mirrors a changing count while kubectl scale lands at random moments: every
+    round must end pinned at the count kubectl wrote, never overwritten by the mirror."""
+    world = pipeline.world
+    rng = random.Random(10)
+    pipeline.create(maxReplicas=6, scaleInCooldownSeconds=0)
+    wait_for(lambda: pipeline.condition("Ready"), "the first status")
+    path = kube.vp_path(pipeline.namespace, pipeline.name)
+    lost: list[str] = []
+    rounds = 8
+    for round_ in range(rounds):
+        # The backlog moves so the operator keeps mirroring new counts (0..2) while kubectl writes 4 or 5.
+        world.drain(pipeline.queue_url)
+        world.send(pipeline.queue_url, rng.choice([0, 1, 2, 3, 4]))
+        time.sleep(rng.uniform(0.0, 1.5))
+        wanted = rng.choice([4, 5])
+        kube.merge_patch(f"{path}/scale", {"spec": {"replicas": wanted}})
+        wait_for(lambda: kube.vp(pipeline.namespace, pipeline.name)["spec"]["mode"] == "Manual", "pinned")
+        time.sleep(POLL + 0.5)
+        body = kube.vp(pipeline.namespace, pipeline.name)
+        if body["spec"]["replicas"] != wanted or body["spec"]["mode"] != "Manual":
+            lost.append(f"round {round_}: wrote {wanted}, found {body['spec']}")
+        try:
+            wait_for(lambda: world.desired(pipeline.group) == wanted, f"desired {wanted}", timeout=10)  # noqa: B023
+        except AssertionError as error:
+            lost.append(f"round {round_}: {error}")
+        kube.merge_patch(path, {"spec": {"mode": "Autoscaling"}})
+        wait_for(lambda: pipeline.status().get("mode") == "Autoscaling", "autoscaling again")
+    assert lost == []
+    assert _reasons(kube, pipeline.namespace).count("Pinned") == rounds
 
 
 def test_busy_node_is_protected_survives_scale_in_and_is_released_when_its_lease_lapses(

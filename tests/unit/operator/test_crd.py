@@ -48,6 +48,7 @@ def test_names_subresources_and_columns() -> None:
     assert version["subresources"]["scale"] == {
         "specReplicasPath": ".spec.replicas",
         "statusReplicasPath": ".status.replicas",
+        "labelSelectorPath": ".status.selector",
     }
     columns = {column["name"]: column["jsonPath"] for column in version["additionalPrinterColumns"]}
     assert columns["Mode"] == ".status.mode"
@@ -122,6 +123,8 @@ def test_schema_defaults_match_the_models() -> None:
     [
         MINIMAL,
         {**MINIMAL, "replicas": 3},
+        {**MINIMAL, "mode": "Manual", "replicas": 3},
+        {**MINIMAL, "workerSelector": {"app.kubernetes.io/component": "worker"}},
         {**MINIMAL, "daemonSetName": "framescale-worker", "autoscaling": {"minReplicas": 0, "maxReplicas": 40}},
         {**MINIMAL, "autoscaling": {"pollIntervalSeconds": 5, "activationBacklog": 10}},
     ],
@@ -139,6 +142,7 @@ def test_valid_specs_pass_both_the_schema_and_the_models(spec: dict[str, Any]) -
         {**MINIMAL, "nodeGroup": {"autoScalingGroupName": ""}},
         {**MINIMAL, "nodeGroup": {"autoScalingGroupName": "arn:aws:autoscaling:x"}},
         {**MINIMAL, "replicas": -1},
+        {**MINIMAL, "mode": "Pinned"},
         {**MINIMAL, "autoscaling": {"maxReplicas": 0}},
         {**MINIMAL, "autoscaling": {"targetBacklogPerReplica": 0}},
         {**MINIMAL, "autoscaling": {"pollIntervalSeconds": 0}},
@@ -153,17 +157,21 @@ def test_invalid_specs_fail_both_the_schema_and_the_models(spec: dict[str, Any])
         models.parse_spec(copy.deepcopy(spec))
 
 
-def test_no_field_is_nullable_so_replicas_is_an_integer_or_absent() -> None:
-    """/scale reads spec.replicas and wants an integer. Without ``nullable`` the API server prunes a
-    null it is sent (so a PUT or apply with ``replicas: null`` stores no field: autoscaling) and a
-    merge patch's null deletes the field; null itself is never a stored value."""
+def test_no_field_is_nullable_and_replicas_always_has_a_value() -> None:
+    """/scale reads spec.replicas and a real API server answers GET /scale with 500 when it is
+    absent. Without ``nullable`` the server prunes a null it is sent and a merge patch's null deletes
+    the field; the schema default (0) then fills it in again, so it is always an integer."""
     schema = crd.openapi_schema()
     nullable = [path or "root" for path, node in _walk(schema) if "nullable" in node]
     assert nullable == []
     spec_schema = _as_json_schema(schema["properties"]["spec"])
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({**MINIMAL, "replicas": None}, spec_schema)
-    assert models.parse_spec(copy.deepcopy(MINIMAL)).replicas is None  # absent: autoscaling
+    replicas = schema["properties"]["spec"]["properties"]["replicas"]
+    assert replicas["default"] == 0
+    assert schema["properties"]["spec"]["properties"]["mode"]["default"] == "Autoscaling"
+    parsed = models.parse_spec(copy.deepcopy(MINIMAL))
+    assert (parsed.replicas, parsed.mode) == (0, models.Mode.AUTOSCALING)
 
 
 def test_min_above_max_is_a_cel_rule_and_a_model_error() -> None:

@@ -262,7 +262,7 @@ def test_scale_in_waits_for_the_cooldown_recorded_in_status() -> None:
 
 
 def test_pinned_mode_shows_in_status() -> None:
-    world = World(spec={**spec(), "replicas": 2})
+    world = World(spec={**spec(), "mode": "Manual", "replicas": 2})
     world.run()
     assert world.aws.desired == 2
     assert world.status["mode"] == "Manual"
@@ -329,7 +329,7 @@ def test_an_expired_lease_releases_without_any_lease_write() -> None:
 def test_protection_set_by_someone_else_is_left_in_place() -> None:
     """A person's flags (no tags of ours) survive our releases, on idle and on once-busy instances,
     and another VideoPipeline on the same group does not release what this one set."""
-    world = World(spec={**spec(), "replicas": 3})
+    world = World(spec={**spec(), "mode": "Manual", "replicas": 3})
     for instance_id, node_name in ((A, "na"), (B, "nb"), (C, "nc")):
         world.add_instance(instance_id, node_name)
     world.aws.desired = 3
@@ -583,7 +583,7 @@ def test_a_mode_change_posts_an_event_even_when_the_count_stays() -> None:
     world.aws.visible = 10
     world.run()
     assert world.aws.desired == 2
-    world.spec = {**spec(), "replicas": 2}
+    world.spec = {**spec(), "mode": "Manual", "replicas": 2}
     world.generation = 2
     pinned = world.run(now=NOW + timedelta(seconds=1))
     assert [(e.type, e.reason) for e in pinned.events] == [("Normal", "ModeChanged")]
