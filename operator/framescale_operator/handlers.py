@@ -125,9 +125,7 @@ def _lease_namespace(config: OperatorSettings, namespace: str) -> str:
     return config.lease_namespace or namespace
 
 
-async def _write_scale_fields(
-    memo: kopf.Memo, ref: reconcile.PipelineRef, patch: dict[str, Any], what: str
-) -> bool:
+async def _write_scale_fields(memo: kopf.Memo, ref: reconcile.PipelineRef, patch: dict[str, Any], what: str) -> bool:
     """One conditional merge patch of the pipeline's spec/metadata; False when it did not land."""
     try:
         await asyncio.to_thread(memo.pipelines_api.patch_pipeline, ref.namespace, ref.name, patch)
@@ -193,9 +191,7 @@ async def tick(
     clock: scheduling.PipelineClock = memo.setdefault("clock", scheduling.PipelineClock())
     ref = reconcile.PipelineRef(namespace=namespace, name=name)
     state, resolution = await _resolve_mode(body, memo, ref)
-    selector = scale_mode.selector_string(
-        dict(spec.get("workerSelector") or {}) or scale_mode.default_selector(name)
-    )
+    selector = scale_mode.selector_string(dict(spec.get("workerSelector") or {}) or scale_mode.default_selector(name))
     if status.get("selector") != selector:
         patch.status["selector"] = selector
     monotonic, now = time.monotonic(), datetime.now(UTC)

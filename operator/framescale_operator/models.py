@@ -139,11 +139,11 @@ class VideoPipelineSpec(_ApiModel):
             "its own decision here, and a write by anyone else pins the pipeline (mode becomes Manual)."
         ),
     )
-    worker_selector: dict[str, str] = Field(
-        default_factory=dict,
+    worker_selector: dict[str, str] | None = Field(
+        default=None,
         description=(
             "Labels of this pipeline's worker pods (the chart sets its DaemonSet's pod labels). Published "
-            "as status.selector, the scale subresource's label selector, for HPA and KEDA. Empty: "
+            "as status.selector, the scale subresource's label selector, for HPA and KEDA. Unset or empty: "
             "app.kubernetes.io/component=worker,framescale.io/pipeline=NAME."
         ),
     )

@@ -32,7 +32,7 @@ from typing import Any
 from framescale_operator.models import Mode
 
 MIRROR_ANNOTATION = "framescale.io/mirrored-replicas"
-RETURN_TO_AUTOSCALING = "kubectl patch vp/NAME --type=merge -p '{\"spec\":{\"mode\":\"Autoscaling\"}}'"
+RETURN_TO_AUTOSCALING = 'kubectl patch vp/NAME --type=merge -p \'{"spec":{"mode":"Autoscaling"}}\''
 
 
 @dataclass(frozen=True)
@@ -78,10 +78,9 @@ class Resolution:
 def resolve(state: ScaleState) -> Resolution:
     if state.mode is Mode.MANUAL:
         return Resolution(Mode.MANUAL, pinned_now=False, acknowledge=state.mirrored != state.replicas)
-    if state.mirrored is None:
-        outside = state.replicas != 0
-    else:
-        outside = state.replicas != state.mirrored
+    # Never mirrored: only the schema default (0) is the operator's; else the mirror is the reference.
+    reference = 0 if state.mirrored is None else state.mirrored
+    outside = state.replicas != reference
     if outside:
         return Resolution(Mode.MANUAL, pinned_now=True, acknowledge=False)
     return Resolution(Mode.AUTOSCALING, pinned_now=False, acknowledge=False)

@@ -63,7 +63,11 @@ def nested(obj: Any, path: str) -> tuple[Any, bool]:
 
 def _int(value: Any, path: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ScaleError(500, "InternalError", f"{path} accessor error: {value!r} is of the type {type(value).__name__}, expected int64")
+        raise ScaleError(
+            500,
+            "InternalError",
+            f"{path} accessor error: {value!r} is of the type {type(value).__name__}, expected int64",
+        )
     return value
 
 
@@ -130,7 +134,9 @@ def updated_object(obj: dict[str, Any], new_scale: Any, scale: ScaleSubresource)
     return updated, (str(version) if version else None)
 
 
-def default_additions(obj: Any, schema: dict[str, Any], path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+def default_additions(
+    obj: Any, schema: dict[str, Any], path: tuple[str, ...] = ()
+) -> list[tuple[tuple[str, ...], Any]]:
     """Where structural defaulting fills ``obj`` in, parents before children: (path, value) pairs."""
     additions: list[tuple[tuple[str, ...], Any]] = []
     if not isinstance(obj, dict):
@@ -164,7 +170,11 @@ def range_errors(obj: dict[str, Any], schema: dict[str, Any], path: str = "") ->
                 errors += range_errors(obj[name], prop, f"{path}.{name}")
     elif isinstance(obj, int) and not isinstance(obj, bool):
         if "minimum" in schema and obj < schema["minimum"]:
-            errors.append(f"{path.lstrip('.')}: Invalid value: {obj}: should be greater than or equal to {schema['minimum']}")
+            errors.append(
+                f"{path.lstrip('.')}: Invalid value: {obj}: should be greater than or equal to {schema['minimum']}"
+            )
         if "maximum" in schema and obj > schema["maximum"]:
-            errors.append(f"{path.lstrip('.')}: Invalid value: {obj}: should be less than or equal to {schema['maximum']}")
+            errors.append(
+                f"{path.lstrip('.')}: Invalid value: {obj}: should be less than or equal to {schema['maximum']}"
+            )
     return errors

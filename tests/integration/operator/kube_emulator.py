@@ -47,7 +47,9 @@ from tests.integration.operator import apiextensions
 from tests.integration.operator.apiextensions import ScaleError, ScaleSubresource
 
 WRITES = (enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE)
-CHART_CRD = Path(__file__).resolve().parents[3] / "charts" / "framescale" / "files" / "videopipelines.framescale.io.yaml"
+CHART_CRD = (
+    Path(__file__).resolve().parents[3] / "charts" / "framescale" / "files" / "videopipelines.framescale.io.yaml"
+)
 
 
 def _now() -> str:

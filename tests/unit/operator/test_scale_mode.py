@@ -22,32 +22,31 @@ def body(mode: str | None = None, replicas: Any = 0, annotation: str | None = No
 
 
 @pytest.mark.parametrize(
-    ("mode", "replicas", "annotation", "expected", "pinned", "acknowledge"),
+    ("mode", "replicas", "annotation", "expected"),
     [
         # Autoscaling, never mirrored: the default 0 autoscales, anything else was asked for.
-        ("Autoscaling", 0, None, Mode.AUTOSCALING, False, False),
-        (None, 0, None, Mode.AUTOSCALING, False, False),
-        ("Autoscaling", 3, None, Mode.MANUAL, True, False),
-        (None, 3, None, Mode.MANUAL, True, False),  # an object from before spec.mode: replicas meant pinned
+        ("Autoscaling", 0, None, (Mode.AUTOSCALING, False, False)),
+        (None, 0, None, (Mode.AUTOSCALING, False, False)),
+        ("Autoscaling", 3, None, (Mode.MANUAL, True, False)),
+        (None, 3, None, (Mode.MANUAL, True, False)),  # an object from before spec.mode: replicas meant pinned
         # Autoscaling, mirrored: equal is the operator's own value; different is kubectl scale.
-        ("Autoscaling", 2, "2", Mode.AUTOSCALING, False, False),
-        ("Autoscaling", 0, "2", Mode.MANUAL, True, False),  # kubectl scale --replicas=0
-        ("Autoscaling", 4, "2", Mode.MANUAL, True, False),
+        ("Autoscaling", 2, "2", (Mode.AUTOSCALING, False, False)),
+        ("Autoscaling", 0, "2", (Mode.MANUAL, True, False)),  # kubectl scale --replicas=0
+        ("Autoscaling", 4, "2", (Mode.MANUAL, True, False)),
         # An unreadable annotation counts as absent.
-        ("Autoscaling", 0, "two", Mode.AUTOSCALING, False, False),
-        ("Autoscaling", 2, "-2", Mode.MANUAL, True, False),
-        ("Autoscaling", 2, "²", Mode.MANUAL, True, False),
+        ("Autoscaling", 0, "two", (Mode.AUTOSCALING, False, False)),
+        ("Autoscaling", 2, "-2", (Mode.MANUAL, True, False)),
+        ("Autoscaling", 2, "²", (Mode.MANUAL, True, False)),
         # Manual: held at replicas; the annotation follows so that a return to autoscaling is clean.
-        ("Manual", 3, "3", Mode.MANUAL, False, False),
-        ("Manual", 3, "1", Mode.MANUAL, False, True),
-        ("Manual", 0, None, Mode.MANUAL, False, True),
+        ("Manual", 3, "3", (Mode.MANUAL, False, False)),
+        ("Manual", 3, "1", (Mode.MANUAL, False, True)),
+        ("Manual", 0, None, (Mode.MANUAL, False, True)),
     ],
 )
-def test_resolve(
-    mode: str | None, replicas: int, annotation: str | None, expected: Mode, pinned: bool, acknowledge: bool
-) -> None:
+def test_resolve(mode: str | None, replicas: int, annotation: str | None, expected: tuple[Mode, bool, bool]) -> None:
+    """expected: (the mode the pass runs in, pin now, acknowledge a manual count)."""
     resolution = scale_mode.resolve(ScaleState.from_body(body(mode, replicas, annotation)))
-    assert (resolution.mode, resolution.pinned_now, resolution.acknowledge) == (expected, pinned, acknowledge)
+    assert (resolution.mode, resolution.pinned_now, resolution.acknowledge) == expected
 
 
 @pytest.mark.parametrize("replicas", [None, "3", True, 2.5])
