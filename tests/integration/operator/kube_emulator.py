@@ -29,7 +29,7 @@ import itertools
 import secrets
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -94,6 +94,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
     _last_version: int = attrs.field(default=0, init=False)
     _write_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
     _custom: dict[tuple[str, str, str], CustomResource] = attrs.field(factory=dict, init=False)
+    # Run before a write is applied (a test interleaves its own write there: a race made certain).
+    before_write: list[Callable[[rendering.Request], Awaitable[None]]] = attrs.field(factory=list, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -115,6 +117,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
             return await self._serve_scale(request, custom, custom.scale)
         if request.resource is None or request.action not in WRITES:
             return await super()._handle(request)
+        for hook in list(self.before_write):
+            await hook(request)
         async with self._write_lock:
             self._stamp(request)
             return await super()._handle(request)

@@ -5,6 +5,7 @@ instances in moto, the VideoPipeline, Nodes and Events in the emulator.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 import urllib.request
@@ -17,6 +18,7 @@ from framescale import names
 from framescale.busy_lease import parse_time
 from framescale_operator.protection import PROTECTED_BY_ANNOTATION
 from framescale_operator.scale_mode import MIRROR_ANNOTATION
+from tests.integration.operator.kube_emulator import EmulatorThread
 from tests.integration.operator.conftest import (
     LEASE_SECONDS,
     POLL,
@@ -207,34 +209,58 @@ def test_scale_subresource_in_both_modes_kubectl_scale_pins_and_the_documented_e
     assert _reasons(kube, pipeline.namespace).count("Pinned") == 1
 
 
-def test_kubectl_scale_racing_the_mirror_write_is_never_lost(pipeline: Pipeline, kube: KubeClient) -> None:
-    """The operator mirrors a changing count while kubectl scale lands at random moments: every
-    round must end pinned at the count kubectl wrote, never overwritten by the mirror."""
+def test_kubectl_scale_racing_the_mirror_write_is_never_lost(
+    pipeline: Pipeline, kube: KubeClient, kube_api: EmulatorThread
+) -> None:
+    """kubectl scale lands between the operator's read and its mirror write: in even rounds exactly
+    there (the emulator runs the kubectl write just before applying the mirror's), in odd rounds at
+    a random moment. Every round must end pinned at the count kubectl wrote, never overwritten."""
     world = pipeline.world
     rng = random.Random(10)
     pipeline.create(maxReplicas=6, scaleInCooldownSeconds=0)
     wait_for(lambda: pipeline.condition("Ready"), "the first status")
     path = kube.vp_path(pipeline.namespace, pipeline.name)
+    armed: dict[str, int] = {}
+    interleaved: list[int] = []
+
+    async def kubectl_scale_first(request: Any) -> None:
+        """Before the operator's mirror write of this pipeline is applied, kubectl scale wins."""
+        data = request.data if isinstance(request.data, dict) else {}
+        mirror = MIRROR_ANNOTATION in ((data.get("metadata") or {}).get("annotations") or {})
+        if "wanted" in armed and mirror and "replicas" in (data.get("spec") or {}) and request.name == pipeline.name:
+            wanted = armed.pop("wanted")
+            await asyncio.to_thread(kube.merge_patch, f"{path}/scale", {"spec": {"replicas": wanted}})
+            interleaved.append(wanted)
+
+    assert kube_api.emulator is not None
+    kube_api.emulator.before_write.append(kubectl_scale_first)
     lost: list[str] = []
-    rounds = 8
-    for round_ in range(rounds):
-        # The backlog moves so the operator keeps mirroring new counts (0..2) while kubectl writes 4 or 5.
-        world.drain(pipeline.queue_url)
-        world.send(pipeline.queue_url, rng.choice([0, 1, 2, 3, 4]))
-        time.sleep(rng.uniform(0.0, 1.5))
-        wanted = rng.choice([4, 5])
-        kube.merge_patch(f"{path}/scale", {"spec": {"replicas": wanted}})
-        wait_for(lambda: kube.vp(pipeline.namespace, pipeline.name)["spec"]["mode"] == "Manual", "pinned")
-        time.sleep(POLL + 0.5)
-        body = kube.vp(pipeline.namespace, pipeline.name)
-        if body["spec"]["replicas"] != wanted or body["spec"]["mode"] != "Manual":
-            lost.append(f"round {round_}: wrote {wanted}, found {body['spec']}")
-        try:
-            wait_for(lambda: world.desired(pipeline.group) == wanted, f"desired {wanted}", timeout=10)  # noqa: B023
-        except AssertionError as error:
-            lost.append(f"round {round_}: {error}")
-        kube.merge_patch(path, {"spec": {"mode": "Autoscaling"}})
-        wait_for(lambda: pipeline.status().get("mode") == "Autoscaling", "autoscaling again")
+    rounds = 10
+    try:
+        for round_ in range(rounds):
+            wanted = 4 + round_ % 2  # never a count the backlog (0..4 messages, 2 per node) asks for
+            world.drain(pipeline.queue_url)
+            if round_ % 2 == 0:
+                wait_for(lambda: _mirrored(kube, pipeline, 0), "the empty queue mirrored as 0")
+                armed["wanted"] = wanted
+                world.send(pipeline.queue_url, 1 + round_ % 4)  # a new count to mirror: 1 or 2
+                wait_for(lambda: len(interleaved) == round_ // 2 + 1, "the interleaved kubectl scale")  # noqa: B023
+            else:
+                world.send(pipeline.queue_url, rng.choice([0, 1, 2, 3, 4]))
+                time.sleep(rng.uniform(0.0, 1.5))
+                kube.merge_patch(f"{path}/scale", {"spec": {"replicas": wanted}})
+            try:
+                wait_for(lambda: kube.vp(pipeline.namespace, pipeline.name)["spec"]["mode"] == "Manual", "pinned")
+                wait_for(lambda: world.desired(pipeline.group) == wanted, f"desired {wanted}", timeout=10)  # noqa: B023
+            except AssertionError as error:
+                lost.append(f"round {round_}: {error}")
+            spec = kube.vp(pipeline.namespace, pipeline.name)["spec"]
+            if (spec["replicas"], spec["mode"]) != (wanted, "Manual"):
+                lost.append(f"round {round_}: wrote {wanted}, found {spec}")
+            kube.merge_patch(path, {"spec": {"mode": "Autoscaling"}})
+            wait_for(lambda: pipeline.status().get("mode") == "Autoscaling", "autoscaling again")
+    finally:
+        kube_api.emulator.before_write.remove(kubectl_scale_first)
     assert lost == []
     assert _reasons(kube, pipeline.namespace).count("Pinned") == rounds
 
