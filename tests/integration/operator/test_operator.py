@@ -18,7 +18,6 @@ from framescale import names
 from framescale.busy_lease import parse_time
 from framescale_operator.protection import PROTECTED_BY_ANNOTATION
 from framescale_operator.scale_mode import MIRROR_ANNOTATION
-from tests.integration.operator.kube_emulator import EmulatorThread
 from tests.integration.operator.conftest import (
     LEASE_SECONDS,
     POLL,
@@ -27,6 +26,7 @@ from tests.integration.operator.conftest import (
     Pipeline,
     wait_for,
 )
+from tests.integration.operator.kube_emulator import EmulatorThread
 
 pytestmark = [pytest.mark.integration, pytest.mark.operator, pytest.mark.slow]
 SLACK = 2.5  # seconds beyond one poll interval: the 1 s timer tick and a pass on a loaded machine
