@@ -77,10 +77,11 @@ class GroupNotFound(AwsFailure):
 class QueueDepth:
     visible: int
     in_flight: int
+    delayed: int = 0  # sent with a delay, not yet visible: work that will need a node
 
     @property
     def backlog(self) -> int:
-        return self.visible + self.in_flight
+        return self.visible + self.in_flight + self.delayed
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,8 @@ class GroupState:
     min_size: int
     max_size: int
     instances: tuple[GroupInstance, ...]
+    new_instances_protected: bool = True  # NewInstancesProtectedFromScaleIn
+    warm_pool: bool = False  # the group has a warm pool (refused: see the operator README)
 
     @property
     def in_service(self) -> int:
@@ -106,6 +109,14 @@ class AwsApi(Protocol):
     def set_desired_capacity(self, name: str, desired: int) -> None: ...
 
     def set_scale_in_protection(self, name: str, instance_ids: Sequence[str], protected: bool) -> None: ...
+
+    def protect_new_instances(self, name: str) -> None: ...
+
+    def terminate_instance(self, instance_id: str) -> None: ...
+
+    def record_lifecycle_heartbeat(self, name: str, hook: str, instance_id: str) -> None: ...
+
+    def complete_lifecycle_action(self, name: str, hook: str, instance_id: str) -> None: ...
 
     def termination_protection(self, instance_ids: Iterable[str]) -> dict[str, bool]: ...
 
@@ -152,7 +163,11 @@ class AwsActuator:
         try:
             response = self.sqs.get_queue_attributes(
                 QueueUrl=queue_url,
-                AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+                AttributeNames=[
+                    "ApproximateNumberOfMessages",
+                    "ApproximateNumberOfMessagesNotVisible",
+                    "ApproximateNumberOfMessagesDelayed",
+                ],
             )
         except ClientError as error:
             code = client_error_code(error)
@@ -165,6 +180,7 @@ class AwsActuator:
         return QueueDepth(
             visible=int(attributes.get("ApproximateNumberOfMessages", 0)),
             in_flight=int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0)),
+            delayed=int(attributes.get("ApproximateNumberOfMessagesDelayed", 0)),
         )
 
     def describe_group(self, name: str) -> GroupState:
@@ -181,6 +197,7 @@ class AwsActuator:
                 instance_id=str(item["InstanceId"]),
                 lifecycle_state=str(item.get("LifecycleState", "")),
                 protected_from_scale_in=bool(item.get("ProtectedFromScaleIn", False)),
+                health_status=str(item.get("HealthStatus", "Healthy")),
             )
             for item in group.get("Instances", [])
         )
@@ -190,6 +207,8 @@ class AwsActuator:
             min_size=int(group.get("MinSize", 0)),
             max_size=int(group.get("MaxSize", 0)),
             instances=instances,
+            new_instances_protected=bool(group.get("NewInstancesProtectedFromScaleIn", False)),
+            warm_pool=bool(group.get("WarmPoolConfiguration")),
         )
 
     def set_desired_capacity(self, name: str, desired: int) -> None:
@@ -209,6 +228,46 @@ class AwsActuator:
                 )
             except (ClientError, BotoCoreError) as error:
                 raise _translate("SetInstanceProtection", error) from error
+
+    def protect_new_instances(self, name: str) -> None:
+        """The group launches every new instance protected from scale-in (the group never picks a victim)."""
+        try:
+            self.autoscaling.update_auto_scaling_group(AutoScalingGroupName=name, NewInstancesProtectedFromScaleIn=True)
+        except (ClientError, BotoCoreError) as error:
+            raise _translate("UpdateAutoScalingGroup", error) from error
+
+    def terminate_instance(self, instance_id: str) -> None:
+        """Remove one instance the operator chose, lowering the desired capacity with it."""
+        try:
+            self.autoscaling.terminate_instance_in_auto_scaling_group(
+                InstanceId=instance_id, ShouldDecrementDesiredCapacity=True
+            )
+        except ClientError as error:
+            if client_error_code(error) == "ValidationError" and "not found" in str(error).lower():
+                return  # already gone
+            raise _translate("TerminateInstanceInAutoScalingGroup", error) from error
+        except BotoCoreError as error:
+            raise _translate("TerminateInstanceInAutoScalingGroup", error) from error
+
+    def record_lifecycle_heartbeat(self, name: str, hook: str, instance_id: str) -> None:
+        try:
+            self.autoscaling.record_lifecycle_action_heartbeat(
+                AutoScalingGroupName=name, LifecycleHookName=hook, InstanceId=instance_id
+            )
+        except (ClientError, BotoCoreError) as error:
+            raise _translate("RecordLifecycleActionHeartbeat", error) from error
+
+    def complete_lifecycle_action(self, name: str, hook: str, instance_id: str) -> None:
+        """Let a held termination go on (CONTINUE): the node's worker drained, or the hold ran out."""
+        try:
+            self.autoscaling.complete_lifecycle_action(
+                AutoScalingGroupName=name,
+                LifecycleHookName=hook,
+                InstanceId=instance_id,
+                LifecycleActionResult="CONTINUE",
+            )
+        except (ClientError, BotoCoreError) as error:
+            raise _translate("CompleteLifecycleAction", error) from error
 
     def termination_protection(self, instance_ids: Iterable[str]) -> dict[str, bool]:
         result: dict[str, bool] = {}

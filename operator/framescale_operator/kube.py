@@ -108,3 +108,32 @@ class PipelineWriter:
         except HTTPError as error:
             raise KubeRetryable("PatchVideoPipeline", None, str(error)) from error
         return dict(result) if isinstance(result, dict) else {}
+
+
+class LeaseApi(Protocol):
+    """The operator's writes to node Leases (admission, drain requests); a test hands in a fake."""
+
+    def patch_lease(self, namespace: str, name: str, patch: dict[str, Any]) -> None: ...
+
+
+class LeaseAnnotator:
+    """``LeaseApi`` over the official client: merge-patches the operator's own Lease annotations."""
+
+    def __init__(self, api_client: client.ApiClient | None = None) -> None:
+        self.api_client = api_client or load_api_client()
+        self.coordination = client.CoordinationV1Api(self.api_client)
+
+    def close(self) -> None:
+        self.api_client.close()
+
+    def patch_lease(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        try:
+            self.coordination.patch_namespaced_lease(name, namespace, patch, _content_type=MERGE_PATCH)
+        except ApiException as error:
+            if error.status == 404:
+                return  # the worker's Lease is gone: its node is leaving anyway
+            if error.status in RETRYABLE_STATUSES:
+                raise KubeRetryable("PatchLease", error.status, str(error.reason)) from error
+            raise KubeError("PatchLease", error.status, str(error.reason)) from error
+        except HTTPError as error:
+            raise KubeRetryable("PatchLease", None, str(error)) from error

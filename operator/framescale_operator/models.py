@@ -100,6 +100,15 @@ class Autoscaling(_ApiModel):
         le=86_400,
         description="Seconds after any change of the node count before a scale-in.",
     )
+    scale_in_stabilization_seconds: int = Field(
+        default=60,
+        ge=0,
+        le=86_400,
+        description=(
+            "Seconds the backlog must keep calling for fewer nodes before a scale-in starts "
+            "(queue counts are approximate: one low read never scales in). 0: at once."
+        ),
+    )
     poll_interval_seconds: int | None = Field(
         default=None,
         ge=1,
@@ -187,6 +196,18 @@ class ScaleDirection(StrEnum):
     IN = "In"
 
 
+class LifecycleHold(_ApiModel):
+    """A termination the group's lifecycle hook holds while the node's worker drains."""
+
+    model_config = ConfigDict(frozen=False)
+
+    instance_id: str = Field(description="The EC2 instance in Terminating:Wait.")
+    node: str | None = Field(default=None, description="Its Kubernetes Node, when known.")
+    since: datetime = Field(description="When the operator first saw it held.")
+    last_heartbeat: datetime | None = Field(default=None, description="The last RecordLifecycleActionHeartbeat.")
+    deadline: datetime = Field(description="When it is completed even if the node has not drained.")
+
+
 class VideoPipelineStatus(_ApiModel):
     """What the operator saw and did at its last poll."""
 
@@ -214,6 +235,19 @@ class VideoPipelineStatus(_ApiModel):
     protected_instances: list[str] = Field(
         default_factory=list,
         description="EC2 instances protected from scale-in because their node is busy (sorted).",
+    )
+    delayed: int | None = Field(default=None, description="Messages sent with a delay, not yet visible.")
+    draining_nodes: list[str] = Field(
+        default_factory=list,
+        description="Nodes the operator asked to drain (scale-in, held terminations, deletion), sorted.",
+    )
+    scale_in_wanted_since: datetime | None = Field(
+        default=None,
+        description="Since when the backlog has called for fewer nodes (the scale-in stabilization window).",
+    )
+    lifecycle_holds: list[LifecycleHold] = Field(
+        default_factory=list,
+        description="Terminations the lifecycle hook holds while their nodes drain.",
     )
     last_scale_time: datetime | None = Field(
         default=None, description="When the operator last changed the desired capacity."

@@ -2,7 +2,8 @@
 
 One policy covers the whole range, zero included:
 
-* backlog = visible + in-flight messages (a job being worked on still needs its node);
+* backlog = visible + in-flight + delayed messages (a job being worked on still needs its node,
+  and a delayed one will need one);
 * wanted = ceil(backlog / targetBacklogPerReplica), kept within [minReplicas, maxReplicas];
 * at zero nodes, a backlog above ``activationBacklog`` scales out at once, straight to the
   wanted size (no separate "wake-up" policy, no cooldown);
@@ -13,6 +14,8 @@ One policy covers the whole range, zero included:
 * ``spec.replicas`` pins the count (manual mode): no cooldowns, no floor (busy nodes stay
   protected and are removed by the group once they go idle);
 * whatever the mode, the Auto Scaling group's own MinSize/MaxSize are hard limits;
+* a scale-in waits until the lower count has been called for throughout the stabilization window
+  (``stabilize``): the queue's counts are approximate, one low read is not enough;
 * whatever the mode, no scale-in while busy-node protection could not be brought up to date
   (a busy instance might not be protected yet, and the group could pick it).
 """
@@ -40,6 +43,7 @@ class Reason(StrEnum):
     BUSY_FLOOR = "BusyNodes"
     BELOW_ACTIVATION = "BelowActivation"
     PROTECTION_PENDING = "ProtectionPending"
+    STABILIZING = "ScaleInStabilizing"
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class Observation:
     visible: int
     in_flight: int
     current_desired: int
+    delayed: int = 0
     busy_nodes: int = 0
     group_min: int = 0
     group_max: int | None = None
@@ -56,7 +61,7 @@ class Observation:
 
     @property
     def backlog(self) -> int:
-        return max(0, self.visible) + max(0, self.in_flight)
+        return max(0, self.visible) + max(0, self.in_flight) + max(0, self.delayed)
 
 
 @dataclass(frozen=True)
@@ -202,3 +207,27 @@ def _decide(observation: Observation, spec: ScalingSpec, last_scale: LastScale |
         return Decision(target, Reason.SCALE_IN, f"{basis}: scaling in {current} -> {target}{note}", wanted=target)
 
     return Decision(current, Reason.STEADY, f"{basis}: {current} node(s) is right", wanted=target)
+
+
+def stabilize(
+    decision: Decision, current: int, wanted_since: datetime | None, now: datetime, window_seconds: float
+) -> tuple[Decision, datetime | None]:
+    """Hold a scale-in until fewer nodes have been wanted for ``window_seconds``.
+
+    Returns the decision to act on and the new "wanted fewer since" time (None once the
+    decision no longer asks for fewer nodes).
+    """
+    if decision.desired >= current:
+        return decision, None
+    since = wanted_since if wanted_since is not None and wanted_since <= now else now
+    until = since + timedelta(seconds=window_seconds)
+    if now >= until:
+        return decision, since
+    held = Decision(
+        current,
+        Reason.STABILIZING,
+        f"want {decision.desired}, holding {current} until the backlog has stayed low for {window_seconds:.0f} s",
+        wanted=decision.desired,
+        hold_until=until,
+    )
+    return held, since

@@ -24,7 +24,7 @@ flag is already off is only removed. Scale-in protection is released last.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -96,10 +96,15 @@ class GroupInstance:
     instance_id: str
     lifecycle_state: str
     protected_from_scale_in: bool
+    health_status: str = "Healthy"
 
     @property
     def in_service(self) -> bool:
         return self.lifecycle_state in IN_SERVICE_STATES
+
+    @property
+    def healthy(self) -> bool:
+        return self.health_status == "Healthy"
 
 
 @dataclass(frozen=True)
@@ -219,23 +224,31 @@ def plan(
     instances: Iterable[GroupInstance],
     termination_protected: Mapping[str, bool],
     markers: Mapping[str, Markers],
+    scale_in_keep: Collection[str] | None = None,
 ) -> ProtectionPlan:
     """Compare what should be protected with what is.
 
     ``owner`` is ``namespace/name`` of the VideoPipeline; ``busy`` comes from ``busy_records``.
     ``termination_protected`` holds the EC2 flag of the busy instances (one missing is taken to
     be off); ``markers`` the framescale tags of the group's instances (one missing has none).
+
+    Scale-in protection: while the pipeline manages the group (``scale_in_keep`` None) every
+    instance of it is protected, busy or idle, so that the group itself never picks a victim;
+    each carries our marker (an instance the group launched protected is adopted: marked).
+    While the pipeline is being deleted, ``scale_in_keep`` names the instances that stay
+    protected (busy, not yet drained); our protection of the others is released.
     """
     group = {instance.instance_id: instance for instance in instances if instance.in_service}
-    wanted = {node.instance_id for node in busy if node.instance_id is not None}
+    busy_ids = {node.instance_id for node in busy if node.instance_id is not None}
+    keep = set(group) if scale_in_keep is None else {i for i in scale_in_keep if i in group} | busy_ids
     mark = {instance_id: markers.get(instance_id, Markers()) for instance_id in group}
 
-    protect_scale_in = sorted(i for i in wanted if not group[i].protected_from_scale_in)
-    enable_termination = sorted(i for i in wanted if not termination_protected.get(i, False))
+    protect_scale_in = sorted(i for i in keep if not group[i].protected_from_scale_in)
+    enable_termination = sorted(i for i in busy_ids if not termination_protected.get(i, False))
     # Release only what our tags say we set. The EC2 flag of an idle instance is not read: turning
     # it off is idempotent, and its tag comes off right after, so this happens once.
-    ours_scale_in = sorted(i for i in group if i not in wanted and mark[i].scale_in == owner)
-    ours_termination = sorted(i for i in group if i not in wanted and mark[i].termination == owner)
+    ours_scale_in = sorted(i for i in group if i not in keep and mark[i].scale_in == owner)
+    ours_termination = sorted(i for i in group if i not in busy_ids and mark[i].termination == owner)
 
     protected_nodes = {node.node_name for node in busy if node.instance_id is not None}
     annotate = sorted(name for name in protected_nodes if not nodes[name].fully_annotated(owner))
@@ -246,7 +259,7 @@ def plan(
     )
     return ProtectionPlan(
         busy=busy,
-        mark_scale_in=tuple(i for i in protect_scale_in if mark[i].scale_in != owner),
+        mark_scale_in=tuple(sorted(i for i in keep if mark[i].scale_in != owner)),
         protect_scale_in=tuple(protect_scale_in),
         mark_termination=tuple(i for i in enable_termination if mark[i].termination != owner),
         protect_termination=tuple(enable_termination),

@@ -19,15 +19,17 @@ changes nothing (no AWS writes, no status patch, no Events).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
 
 from framescale import busy_lease
-from framescale_operator import models, policy, protection
+from framescale_operator import execute, models, policy, protection
+from framescale_operator import plan as plan_
 from framescale_operator.aws_actuators import (
     AwsApi,
     AwsError,
@@ -37,7 +39,7 @@ from framescale_operator.aws_actuators import (
     QueueDepth,
     QueueNotFound,
 )
-from framescale_operator.kube import KubeError, KubeRetryable, NodeApi
+from framescale_operator.kube import KubeError, KubeRetryable, LeaseApi, NodeApi
 from framescale_operator.models import ConditionStatus, Mode, ScaleDirection
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,8 @@ log = logging.getLogger(__name__)
 READY = "Ready"
 SCALING = "Scaling"
 PROTECTED = "Protected"
+OWNED = "Owned"
+FLEET = "Fleet"
 RETRYING = "retrying with backoff"
 NEXT_PASS = "tried again at the next pass"
 
@@ -71,9 +75,12 @@ class Snapshot:
     spec: Mapping[str, Any]
     status: Mapping[str, Any]
     generation: int | None
-    leases: Sequence[Mapping[str, Any]]
+    leases: Sequence[plan_.NodeLease]  # judged on the operator's clock (``judge_leases``)
     nodes: Mapping[str, protection.NodeRecord]
     now: datetime
+    ownership: plan_.Ownership = field(default_factory=plan_.Ownership)
+    limits: plan_.Limits = field(default_factory=plan_.Limits)
+    deleting_since: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -94,29 +101,57 @@ class Failure:
     retryable: bool = False
 
 
-@dataclass
+@dataclass(frozen=True)
 class Outcome:
-    """What one pass saw, did and wants written."""
+    """What one pass saw, did and wants written (built once, by the report)."""
 
     status: dict[str, Any]
     status_patch: dict[str, Any]
-    events: list[EventNote] = field(default_factory=list)
-    spec: models.VideoPipelineSpec | None = None
+    events: tuple[EventNote, ...] = ()
     depth: QueueDepth | None = None
     group: GroupState | None = None
-    decision: policy.Decision | None = None
-    busy: tuple[protection.BusyNode, ...] | None = None
-    plan: protection.ProtectionPlan | None = None
-    instances_protected: bool = False  # the plan's AWS side was carried out in full
-    scaled_from: int | None = None
+    plan: plan_.Plan | None = None
+    executed: execute.Result | None = None
     scaling_failure: Failure | None = None
     protection_failure: Failure | None = None
-    actions: list[str] = field(default_factory=list)
-    node_errors: list[KubeError] = field(default_factory=list)
+    actions: tuple[str, ...] = ()
+
+    @property
+    def decision(self) -> policy.Decision | None:
+        return self.plan.decision if self.plan is not None else None
+
+    @property
+    def busy(self) -> tuple[protection.BusyNode, ...] | None:
+        return self.plan.busy if self.plan is not None else None
+
+    @property
+    def instances_protected(self) -> bool:
+        """Every protection step of the plan ran."""
+        return self.executed is not None and (
+            self.executed.failed is None or not isinstance(self.executed.failed, PROTECTION_STEPS)
+        )
+
+    @property
+    def scaled_from(self) -> int | None:
+        if self.executed is None or self.group is None:
+            return None
+        changed = self.executed.did(plan_.SetDesiredCapacity) or self.executed.did(plan_.Terminate)
+        return self.group.desired if changed else None
 
     @property
     def scaled(self) -> bool:
-        return self.decision is not None and self.scaled_from is not None
+        return self.scaled_from is not None
+
+    @property
+    def scaled_in(self) -> int:
+        return len(self.executed.did(plan_.Terminate)) if self.executed is not None else 0
+
+    @property
+    def released(self) -> bool:
+        """Deletion: every node released (the finalizer may go)."""
+        return (
+            self.plan is not None and self.plan.released and self.executed is not None and self.executed.failed is None
+        )
 
     @property
     def failures(self) -> list[Failure]:
@@ -125,6 +160,57 @@ class Outcome:
     def next_expiry(self) -> datetime | None:
         """When the earliest busy Lease lapses unless renewed: the latest moment to look again."""
         return protection.next_expiry(self.busy or ())
+
+
+PROTECTION_STEPS = (
+    plan_.ProtectNewInstances,
+    plan_.MarkInstance,
+    plan_.SetScaleInProtection,
+    plan_.SetTerminationProtection,
+    plan_.UnmarkInstance,
+    plan_.AnnotateNode,
+)
+
+
+def judge_leases(
+    leases: Iterable[Mapping[str, Any]],
+    liveness: busy_lease.LeaseLiveness,
+    idle: IdleSince,
+    monotonic: float,
+) -> tuple[plan_.NodeLease, ...]:
+    """The framescale Leases with their liveness and idle time on this process's monotonic clock."""
+    judged = []
+    for body in leases:
+        record = busy_lease.parse_lease(body)
+        if record is None:
+            continue
+        liveness.observe(record, monotonic)
+        expiry = liveness.expires_at(record)
+        judged.append(
+            plan_.NodeLease(
+                record=record,
+                live=liveness.live(record, monotonic),
+                idle_since=idle.observe(record, monotonic),
+                expires_in=None if expiry is None else max(0.0, expiry - monotonic),
+            )
+        )
+    return tuple(judged)
+
+
+class IdleSince:
+    """Since when (monotonic) each Lease has been seen idle; the plan drains the longest idle first."""
+
+    def __init__(self) -> None:
+        self._since: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+
+    def observe(self, record: busy_lease.LeaseRecord, monotonic: float) -> float | None:
+        key = (record.namespace, record.name)
+        with self._lock:
+            if record.busy:
+                self._since.pop(key, None)
+                return None
+            return self._since.setdefault(key, monotonic)
 
 
 def format_time(moment: datetime) -> str:
@@ -139,17 +225,7 @@ def _last_scale(status: Mapping[str, Any]) -> policy.LastScale | None:
     return policy.LastScale(time=when, direction=ScaleDirection(direction))
 
 
-def scaling_spec(spec: models.VideoPipelineSpec) -> policy.ScalingSpec:
-    auto = spec.autoscaling
-    return policy.ScalingSpec(
-        replicas=spec.replicas if spec.mode is Mode.MANUAL else None,
-        min_replicas=auto.min_replicas,
-        max_replicas=auto.max_replicas,
-        target_backlog_per_replica=auto.target_backlog_per_replica,
-        activation_backlog=auto.activation_backlog,
-        scale_out_cooldown_seconds=auto.scale_out_cooldown_seconds,
-        scale_in_cooldown_seconds=auto.scale_in_cooldown_seconds,
-    )
+scaling_spec = plan_.scaling_spec
 
 
 def set_condition(
@@ -212,6 +288,12 @@ def _aws_failure(error: AwsError) -> Failure:
     return Failure("AwsError", f"{error}; {NEXT_PASS}")
 
 
+def _kube_failure(error: KubeError) -> Failure:
+    if isinstance(error, KubeRetryable):
+        return Failure("Retrying", f"{error}; {RETRYING}", retryable=True)
+    return Failure("KubeError", f"{error}; {NEXT_PASS}")
+
+
 def _group_name(spec: Mapping[str, Any]) -> str:
     """The Auto Scaling group's name, read leniently: protection needs nothing else of the spec."""
     name = (spec.get("nodeGroup") or {}).get("autoScalingGroupName")
@@ -219,10 +301,66 @@ def _group_name(spec: Mapping[str, Any]) -> str:
 
 
 def _mode_message(spec: models.VideoPipelineSpec) -> str:
-    if spec.mode is Mode.MANUAL:
+    if spec.replicas is not None:
         return f"pinned to {spec.replicas} node(s) by spec.replicas"
     auto = spec.autoscaling
     return f"autoscaling from the queue between {auto.min_replicas} and {auto.max_replicas} node(s)"
+
+
+def _memory(status: Mapping[str, Any]) -> plan_.Memory:
+    """What earlier passes left in status; a value that does not parse is as good as absent."""
+    holds: dict[str, plan_.Hold] = {}
+    for item in status.get("lifecycleHolds") or []:
+        if not isinstance(item, Mapping):
+            continue
+        since = busy_lease.parse_time(item.get("since"))
+        if isinstance(item.get("instanceId"), str) and since is not None:
+            holds[item["instanceId"]] = plan_.Hold(since, busy_lease.parse_time(item.get("lastHeartbeat")))
+    target = status.get("desiredReplicas")
+    return plan_.Memory(
+        last_scale=_last_scale(status),
+        scale_in_wanted_since=busy_lease.parse_time(status.get("scaleInWantedSince")),
+        target=target if isinstance(target, int) and not isinstance(target, bool) and target >= 0 else None,
+        holds=holds,
+    )
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """The observe stage's result."""
+
+    spec: models.VideoPipelineSpec | None
+    spec_failure: Failure | None
+    group: GroupState | None
+    group_failure: Failure | None
+    depth: QueueDepth | None
+    queue_failure: Failure | None
+
+
+def _observe_aws(snapshot: Snapshot, group_name: str, *, aws: AwsApi, scale: bool) -> _Seen:
+    spec: models.VideoPipelineSpec | None = None
+    spec_failure = group_failure = queue_failure = None
+    try:
+        spec = models.parse_spec(dict(snapshot.spec))
+    except ValidationError as error:
+        spec_failure = Failure("InvalidSpec", f"{models.describe_errors(error)}; scaling waits for a corrected spec")
+    group: GroupState | None = None
+    if not group_name:
+        group_failure = Failure(
+            "InvalidSpec", "spec.nodeGroup.autoScalingGroupName is not set; protection waits for a corrected spec"
+        )
+    else:
+        try:
+            group = aws.describe_group(group_name)
+        except AwsError as error:
+            group_failure = _aws_failure(error)
+    depth: QueueDepth | None = None
+    if scale and spec is not None and group is not None and snapshot.deleting_since is None:
+        try:
+            depth = aws.queue_depth(spec.queue_url)
+        except AwsError as error:
+            queue_failure = _aws_failure(error)
+    return _Seen(spec, spec_failure, group, group_failure, depth, queue_failure)
 
 
 def reconcile(
@@ -231,65 +369,216 @@ def reconcile(
     *,
     aws: AwsApi,
     nodes_api: NodeApi,
+    leases_api: LeaseApi,
     scale: bool = True,
+    new_token: Callable[[], str] = busy_lease.new_drain_token,
 ) -> Outcome:
-    """One level-based pass over one pipeline; ``scale=False`` runs the protection half only."""
+    """One level-based pass: observe, plan, execute, report. ``scale=False`` does not read the
+    queue (it goes on toward the target the last scaling pass decided)."""
     old = dict(snapshot.status)
-    new: dict[str, Any] = {**old, "observedGeneration": snapshot.generation}
-    outcome = Outcome(status={}, status_patch={})
-    spec_failure: Failure | None = None
-    try:
-        outcome.spec = models.parse_spec(dict(snapshot.spec))
-    except ValidationError as error:
-        spec_failure = Failure("InvalidSpec", f"{models.describe_errors(error)}; scaling waits for a corrected spec")
     group_name = _group_name(snapshot.spec)
-
-    group_failure: Failure | None = None
-    if not group_name:
-        group_failure = Failure(
-            "InvalidSpec", "spec.nodeGroup.autoScalingGroupName is not set; protection waits for a corrected spec"
-        )
-    else:
+    seen = _observe_aws(snapshot, group_name, aws=aws, scale=scale)
+    planned: plan_.Plan | None = None
+    executed: execute.Result | None = None
+    protection_failure = seen.group_failure
+    # A protection pass (scale False) leaves the Scaling condition to the scaling passes, unless
+    # one of its own scaling steps (a termination, a drain request) fails.
+    scaling_failure = (seen.spec_failure or seen.group_failure or seen.queue_failure) if scale else None
+    if seen.group is not None:
+        group = seen.group
         try:
-            outcome.group = aws.describe_group(group_name)
+            busy_ids = [
+                i.instance_id
+                for i in group.instances
+                if i.in_service
+                and any(
+                    lease.live and lease.record.busy and _instance_of(snapshot, lease) == i.instance_id
+                    for lease in snapshot.leases
+                )
+            ]
+            termination = aws.termination_protection(busy_ids)
+            markers = aws.protection_markers(i.instance_id for i in group.instances if i.in_service)
         except AwsError as error:
-            group_failure = _aws_failure(error)
-    if outcome.group is not None:
-        new["replicas"] = outcome.group.in_service
-        _protect(ref, snapshot, outcome.group, aws=aws, nodes_api=nodes_api, outcome=outcome)
-    else:
-        outcome.protection_failure = group_failure
-    if outcome.busy is not None:
-        new["busyNodes"] = sorted(node.node_name for node in outcome.busy)
-    if outcome.instances_protected:
-        new["protectedInstances"] = protection.instances_of(outcome.busy or ())
-
-    if scale:
-        if outcome.spec is None:
-            outcome.scaling_failure = spec_failure
-        elif outcome.group is None:
-            outcome.scaling_failure = group_failure
+            protection_failure = _aws_failure(error)
         else:
-            _scale(ref, snapshot, outcome.spec, outcome.group, aws=aws, outcome=outcome, new=new)
-        if outcome.spec is not None:
-            mode = outcome.spec.mode.value
-            if old.get("mode") not in (None, mode):
-                message = f"{old['mode']} -> {mode}: {_mode_message(outcome.spec)}"
-                outcome.events.append(EventNote("Normal", "ModeChanged", message))
-                outcome.actions.append(f"mode {message}")
-            new["mode"] = mode
+            observation = plan_.Observation(
+                owner=ref.owner,
+                pipeline=ref.name,
+                spec=seen.spec,
+                group=group,
+                depth=seen.depth,
+                leases=snapshot.leases,
+                nodes=snapshot.nodes,
+                termination_protected=termination,
+                markers=markers,
+                now=snapshot.now,
+                ownership=snapshot.ownership,
+                memory=_memory(old),
+                limits=snapshot.limits,
+                deleting_since=snapshot.deleting_since,
+            )
+            planned = plan_.plan(observation, new_token)
+            executed = execute.execute(
+                planned.steps,
+                owner=ref.owner,
+                nodes=dict(snapshot.nodes),
+                aws=aws,
+                nodes_api=nodes_api,
+                leases_api=leases_api,
+            )
+            failure = _step_failure(executed)
+            if failure is not None and isinstance(executed.failed, PROTECTION_STEPS):
+                protection_failure = failure
+            elif failure is not None:
+                scaling_failure = scaling_failure or failure
+            if executed.node_errors and protection_failure is None:
+                retryable = any(isinstance(error, KubeRetryable) for error in executed.node_errors)
+                protection_failure = Failure(
+                    "NodeAnnotationFailed",
+                    f"{len(executed.node_errors)} Node patch(es) failed, first: {executed.node_errors[0]}; "
+                    + (RETRYING if retryable else NEXT_PASS),
+                    retryable=retryable,
+                )
+    return _report(
+        ref,
+        snapshot,
+        old=old,
+        seen=seen,
+        planned=planned,
+        executed=executed,
+        protection_failure=protection_failure,
+        scaling_failure=scaling_failure,
+        scale=scale,
+        group_name=group_name,
+    )
 
-    new["conditions"] = _conditions(ref, old, outcome, snapshot, group_name)
-    outcome.status = {key: value for key, value in new.items() if value is not None}
-    outcome.status_patch = status_patch(old, outcome.status)
-    return outcome
+
+def _instance_of(snapshot: Snapshot, lease: plan_.NodeLease) -> str | None:
+    record = snapshot.nodes.get(lease.record.node_name)
+    return record.instance_id if record is not None else None
+
+
+def _step_failure(executed: execute.Result) -> Failure | None:
+    error = executed.error
+    if error is None or executed.failed is None:
+        return None
+    failure = _aws_failure(error) if isinstance(error, AwsError) else _kube_failure(error)
+    return Failure(failure.reason, f"{executed.failed.describe()} failed: {failure.message}", failure.retryable)
+
+
+EVENT_REASONS: dict[type[plan_.Step], str] = {
+    plan_.SetDesiredCapacity: "Scaled",
+    plan_.Terminate: "ScaledIn",
+    plan_.RequestDrain: "DrainRequested",
+    plan_.WithdrawDrain: "DrainWithdrawn",
+    plan_.CompleteLifecycle: "TerminationReleased",
+    plan_.ProtectNewInstances: "GroupAdopted",
+}
+
+
+def _report(
+    ref: PipelineRef,
+    snapshot: Snapshot,
+    *,
+    old: dict[str, Any],
+    seen: _Seen,
+    planned: plan_.Plan | None,
+    executed: execute.Result | None,
+    protection_failure: Failure | None,
+    scaling_failure: Failure | None,
+    scale: bool,
+    group_name: str,
+) -> Outcome:
+    """The status to write and the Events to post, from what the pass saw and did."""
+    new: dict[str, Any] = {**old, "observedGeneration": snapshot.generation}
+    events: list[EventNote] = []
+    actions: list[str] = []
+    group = seen.group
+    if group is not None:
+        new["replicas"] = group.in_service
+    if seen.depth is not None:
+        new.update(backlog=seen.depth.backlog, inFlight=seen.depth.in_flight, delayed=seen.depth.delayed)
+    done = executed.done if executed is not None else []
+    for step in done:
+        actions.append(step.describe())
+        if isinstance(step, plan_.Event):
+            events.append(EventNote(step.type, step.reason, step.message))
+        elif type(step) in EVENT_REASONS:
+            events.append(EventNote("Normal", EVENT_REASONS[type(step)], step.describe()))
+        elif isinstance(step, plan_.SetTerminationProtection):
+            events.append(EventNote("Normal", "Protected" if step.enabled else "Released", step.describe()))
+        log.info("%s", step.describe(), extra=ref.log_extra(step=type(step).__name__))
+    if planned is not None and planned.conflict is None:
+        new["busyNodes"] = sorted(node.node_name for node in planned.busy)
+        if executed is not None and (executed.failed is None or not isinstance(executed.failed, PROTECTION_STEPS)):
+            new["protectedInstances"] = protection.instances_of(planned.busy)
+        new["drainingNodes"] = list(planned.draining)
+        new["lifecycleHolds"] = [
+            {
+                "instanceId": instance_id,
+                "since": format_time(hold.since),
+                **({"lastHeartbeat": format_time(hold.last_heartbeat)} if hold.last_heartbeat else {}),
+                "deadline": format_time(hold.since + timedelta(seconds=snapshot.limits.lifecycle_max_hold_seconds)),
+            }
+            for instance_id, hold in sorted(planned.holds.items())
+        ]
+        since = planned.scale_in_wanted_since
+        new["scaleInWantedSince"] = busy_lease.format_micro_time(since) if since is not None else None
+        if planned.target is not None:
+            new["desiredReplicas"] = planned.target
+        changed = [s for s in done if isinstance(s, plan_.SetDesiredCapacity | plan_.Terminate)]
+        if changed:
+            new["lastScaleTime"] = busy_lease.format_micro_time(snapshot.now)
+            new["lastScaleDirection"] = (
+                ScaleDirection.OUT if isinstance(changed[-1], plan_.SetDesiredCapacity) else ScaleDirection.IN
+            ).value
+    if seen.spec is not None and scale:
+        mode = (Mode.MANUAL if seen.spec.replicas is not None else Mode.AUTOSCALING).value
+        if old.get("mode") not in (None, mode):
+            message = f"{old['mode']} -> {mode}: {_mode_message(seen.spec)}"
+            events.append(EventNote("Normal", "ModeChanged", message))
+            actions.append(f"mode {message}")
+        new["mode"] = mode
+    new["conditions"] = _conditions(
+        ref,
+        snapshot,
+        old=old,
+        group_name=group_name,
+        planned=planned,
+        events=events,
+        protection_failure=protection_failure,
+        scaling_failure=scaling_failure,
+        scale=scale,
+    )
+    status = {key: value for key, value in new.items() if value is not None}
+    return Outcome(
+        status=status,
+        status_patch=status_patch(old, status),
+        events=tuple(events),
+        depth=seen.depth,
+        group=group,
+        plan=planned,
+        executed=executed,
+        scaling_failure=scaling_failure,
+        protection_failure=protection_failure,
+        actions=tuple(actions),
+    )
 
 
 def _conditions(
-    ref: PipelineRef, old: Mapping[str, Any], outcome: Outcome, snapshot: Snapshot, group_name: str
+    ref: PipelineRef,
+    snapshot: Snapshot,
+    *,
+    old: Mapping[str, Any],
+    group_name: str,
+    planned: plan_.Plan | None,
+    events: list[EventNote],
+    protection_failure: Failure | None,
+    scaling_failure: Failure | None,
+    scale: bool,
 ) -> list[dict[str, Any]]:
-    """Protected and (on a scaling pass) Scaling from this pass; Ready from both. Posts the
-    Warnings for new failures and the Event for recovery."""
+    """Owned, Protected, Fleet and (on a scaling pass) Scaling from this pass; Ready from all.
+    Posts the Warnings for new failures and the Event for recovery."""
     conditions: list[dict[str, Any]] = [dict(c) for c in old.get("conditions") or []]
     warned: set[tuple[str, str]] = set()  # one Warning when both halves fail alike (no group)
 
@@ -309,23 +598,50 @@ def _conditions(
         seen = (previous.get("status"), previous.get("reason"), previous.get("message"))
         if not ok and seen != (status.value, reason, message) and (reason, message) not in warned:
             warned.add((reason, message))
-            outcome.events.append(EventNote("Warning", reason, message))
+            events.append(EventNote("Warning", reason, message))
             log.warning("%s: %s", reason, message, extra=ref.log_extra(reason=reason, condition=type))
 
-    failure = outcome.protection_failure
-    if failure is not None:
-        put(PROTECTED, False, failure.reason, failure.message)
-    else:
-        count = len(protection.instances_of(outcome.busy or ()))
-        put(PROTECTED, True, "UpToDate", f"protection matches the busy Leases: {count} instance(s) protected")
-    if outcome.scaling_failure is not None:
-        put(SCALING, False, outcome.scaling_failure.reason, outcome.scaling_failure.message)
-    elif outcome.decision is not None:
-        put(SCALING, True, outcome.decision.reason.value, outcome.decision.message)
+    if planned is not None and planned.conflict is not None:
+        put(OWNED, False, "Conflict", f"{planned.conflict}; this pipeline does not act")
+    elif planned is not None:
+        put(OWNED, True, "Owner", f"this pipeline owns Auto Scaling group {group_name} and its queue")
+
+    if protection_failure is not None:
+        put(PROTECTED, False, protection_failure.reason, protection_failure.message)
+    elif planned is not None and planned.conflict is None:
+        count = len(protection.instances_of(planned.busy))
+        put(
+            PROTECTED,
+            True,
+            "UpToDate",
+            f"every instance protected from scale-in; {count} busy instance(s) also protected from termination",
+        )
+    if planned is not None and planned.conflict is None:
+        notes = []
+        if planned.standby:
+            notes.append(f"in Standby, left alone (not chosen, not counted): {', '.join(planned.standby)}")
+        if planned.unhealthy:
+            notes.append(
+                f"unhealthy, not admitted (the group replaces them through the hook): {', '.join(planned.unhealthy)}"
+            )
+        put(FLEET, True, "Noted" if notes else "AllManaged", "; ".join(notes) or "every instance is managed")
+    if planned is not None and planned.refusal is not None:
+        put(SCALING, False, "WarmPoolUnsupported", f"{planned.refusal}; scaling is refused, protection goes on")
+    elif scaling_failure is not None:
+        put(SCALING, False, scaling_failure.reason, scaling_failure.message)
+    elif planned is not None and planned.decision is not None:
+        message = planned.decision.message
+        if planned.draining:
+            message += f"; draining {', '.join(planned.draining)}"
+        put(SCALING, True, planned.decision.reason.value, message)
 
     current = {c["type"]: c for c in conditions}
     failing = next(
-        (current[t] for t in (SCALING, PROTECTED) if current.get(t, {}).get("status") == ConditionStatus.FALSE.value),
+        (
+            current[t]
+            for t in (OWNED, SCALING, PROTECTED)
+            if current.get(t, {}).get("status") == ConditionStatus.FALSE.value
+        ),
         None,
     )
     if failing is not None:
@@ -336,7 +652,7 @@ def _conditions(
         previous = _condition(old, READY)
         if previous.get("status") == ConditionStatus.FALSE.value:
             note = f"reconciled again after {previous.get('reason')}"
-            outcome.events.append(EventNote("Normal", "Recovered", note))
+            events.append(EventNote("Normal", "Recovered", note))
             log.info("%s", note, extra=ref.log_extra(reason="Recovered"))
     return set_condition(
         conditions,
@@ -349,178 +665,28 @@ def _conditions(
     )
 
 
-def _scale(
-    ref: PipelineRef,
-    snapshot: Snapshot,
-    spec: models.VideoPipelineSpec,
-    group: GroupState,
-    *,
-    aws: AwsApi,
-    outcome: Outcome,
-    new: dict[str, Any],
-) -> None:
-    """The scaling half: read the queue, decide, set the desired capacity, record it in ``new``."""
-    try:
-        depth = aws.queue_depth(spec.queue_url)
-    except AwsError as error:
-        outcome.scaling_failure = _aws_failure(error)
-        return
-    outcome.depth = depth
-    new.update(backlog=depth.backlog, inFlight=depth.in_flight)
-    observation = policy.Observation(
-        visible=depth.visible,
-        in_flight=depth.in_flight,
-        current_desired=group.desired,
-        busy_nodes=len(protection.instances_of(outcome.busy or ())),
-        group_min=group.min_size,
-        group_max=group.max_size,
-        protection_in_place=outcome.instances_protected,
-    )
-    decision = policy.decide(observation, scaling_spec(spec), _last_scale(snapshot.status), snapshot.now)
-    outcome.decision = decision
-    if decision.desired != group.desired:
-        try:
-            aws.set_desired_capacity(group.name, decision.desired)
-        except AwsError as error:
-            outcome.scaling_failure = _aws_failure(error)
-            return
-        direction = decision.direction(group.desired)
-        new["lastScaleTime"] = busy_lease.format_micro_time(snapshot.now)
-        new["lastScaleDirection"] = direction.value if direction else None
-        outcome.scaled_from = group.desired
-        change = f"desired capacity {group.desired} -> {decision.desired}"
-        outcome.actions.append(change)
-        outcome.events.append(EventNote("Normal", "Scaled", f"{change}: {decision.message}"))
-        log.info(
-            "scaled %s: %s",
-            group.name,
-            decision.message,
-            extra=ref.log_extra(reason=decision.reason.value, desired=decision.desired, previous=group.desired),
-        )
-    new["desiredReplicas"] = decision.desired
-
-
-def _protect(
-    ref: PipelineRef,
-    snapshot: Snapshot,
-    group: GroupState,
-    *,
-    aws: AwsApi,
-    nodes_api: NodeApi,
-    outcome: Outcome,
-) -> None:
-    """The protection half: bring instance and Node protection in line with the busy Leases."""
-    busy = protection.busy_nodes(snapshot.leases, snapshot.now, pipeline=ref.name)
-    outcome.busy = protection.busy_records(busy, snapshot.nodes, group.instances)
-    try:
-        in_service = [instance.instance_id for instance in group.instances if instance.in_service]
-        plan = protection.plan(
-            owner=ref.owner,
-            busy=outcome.busy,
-            nodes=snapshot.nodes,
-            instances=group.instances,
-            termination_protected=aws.termination_protection(protection.instances_of(outcome.busy)),
-            markers=aws.protection_markers(in_service),
-        )
-        outcome.plan = plan
-        apply_plan(ref, plan, group.name, snapshot.nodes, aws=aws, nodes_api=nodes_api, outcome=outcome)
-    except AwsError as error:
-        outcome.protection_failure = _aws_failure(error)
-        return
-    outcome.instances_protected = True
-    if outcome.node_errors:
-        # The instances are protected; only the Node annotations (for Cluster Autoscaler and
-        # Karpenter) are behind.
-        retryable = any(isinstance(error, KubeRetryable) for error in outcome.node_errors)
-        outcome.protection_failure = Failure(
-            "NodeAnnotationFailed",
-            f"{len(outcome.node_errors)} Node patch(es) failed, first: {outcome.node_errors[0]}; "
-            + (RETRYING if retryable else NEXT_PASS),
-            retryable=retryable,
-        )
-
-
-def apply_plan(
-    ref: PipelineRef,
-    plan: protection.ProtectionPlan,
-    group_name: str,
-    nodes: Mapping[str, protection.NodeRecord],
-    *,
-    aws: AwsApi,
-    nodes_api: NodeApi,
-    outcome: Outcome,
-) -> None:
-    """Carry out a plan in the crash-safe order described in ``protection``: a marker tag goes on
-    before its flag and comes off after it; scale-in protection is released last."""
-    node_of = {node.instance_id: node.node_name for node in plan.busy if node.instance_id}
-    for instance_id in plan.mark_scale_in:
-        aws.set_marker(instance_id, protection.SCALE_IN_MARKER, ref.owner)
-    if plan.protect_scale_in:
-        aws.set_scale_in_protection(group_name, plan.protect_scale_in, True)
-    for instance_id in plan.mark_termination:
-        aws.set_marker(instance_id, protection.TERMINATION_MARKER, ref.owner)
-    for instance_id in plan.protect_termination:
-        aws.set_termination_protection(instance_id, True)
-    for instance_id in sorted(set(plan.protect_scale_in) | set(plan.protect_termination)):
-        message = f"instance {instance_id} (node {node_of.get(instance_id, '?')}) protected: node is busy"
-        outcome.actions.append(message)
-        outcome.events.append(EventNote("Normal", "Protected", message))
-        log.info("%s", message, extra=ref.log_extra(instance=instance_id))
-
-    for instance_id in plan.release_termination:
-        aws.set_termination_protection(instance_id, False)
-        aws.clear_marker(instance_id, protection.TERMINATION_MARKER, ref.owner)
-    if plan.release_scale_in:
-        aws.set_scale_in_protection(group_name, plan.release_scale_in, False)
-    for instance_id in plan.unmark_scale_in:
-        aws.clear_marker(instance_id, protection.SCALE_IN_MARKER, ref.owner)
-    for instance_id in sorted(set(plan.release_scale_in) | set(plan.release_termination)):
-        message = f"instance {instance_id} released: node is idle or its Lease expired"
-        outcome.actions.append(message)
-        outcome.events.append(EventNote("Normal", "Released", message))
-        log.info("%s", message, extra=ref.log_extra(instance=instance_id))
-
-    for node_names, protect, done in (
-        (plan.annotate_nodes, True, "annotated"),
-        (plan.unannotate_nodes, False, "annotations removed"),
-    ):
-        for node_name in node_names:
-            try:
-                nodes_api.patch_node(
-                    node_name, protection.node_annotation_patch(nodes.get(node_name), ref.owner, protect=protect)
-                )
-            except KubeError as error:  # reported in Protected; never blocks the AWS side
-                outcome.node_errors.append(error)
-                continue
-            outcome.actions.append(f"node {node_name} {done}")
-
-
 def release(
     ref: PipelineRef,
-    spec: Mapping[str, Any],
-    nodes: Mapping[str, protection.NodeRecord],
+    snapshot: Snapshot,
     *,
     aws: AwsApi,
     nodes_api: NodeApi,
-) -> list[str]:
-    """Undo every protection the pipeline holds (it is being deleted); returns what was done."""
-    outcome = Outcome(status={}, status_patch={})
-    group_name = _group_name(spec)
-    instances: tuple[protection.GroupInstance, ...] = ()
-    if group_name:
-        try:
-            instances = aws.describe_group(group_name).instances
-        except GroupNotFound:
-            instances = ()
-    plan = protection.plan(
-        owner=ref.owner,
-        busy=(),
-        nodes=nodes,
-        instances=instances,
-        termination_protected={},
-        markers=aws.protection_markers(instance.instance_id for instance in instances if instance.in_service),
+    leases_api: LeaseApi,
+    new_token: Callable[[], str] = busy_lease.new_drain_token,
+) -> Outcome:
+    """A pass of a pipeline being deleted (``snapshot.deleting_since`` set): drain, release idle
+    nodes, keep busy ones protected. ``Outcome.released``: the finalizer may go."""
+    if snapshot.deleting_since is None:
+        raise ValueError("release() is for a pipeline being deleted: snapshot.deleting_since must be set")
+    group_name = _group_name(snapshot.spec)
+    if not group_name:
+        return Outcome(status=dict(snapshot.status), status_patch={}, plan=plan_.Plan(steps=()))
+    try:
+        aws.describe_group(group_name)
+    except GroupNotFound:
+        return Outcome(status=dict(snapshot.status), status_patch={}, plan=plan_.Plan(steps=()))
+    except AwsError:
+        pass  # the pass reports it
+    return reconcile(
+        ref, snapshot, aws=aws, nodes_api=nodes_api, leases_api=leases_api, scale=False, new_token=new_token
     )
-    apply_plan(ref, plan, group_name, nodes, aws=aws, nodes_api=nodes_api, outcome=outcome)
-    if outcome.node_errors:  # the finalizer must not go while a Node still carries our annotations
-        raise outcome.node_errors[0]
-    return outcome.actions

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from framescale import busy_lease
 from framescale.backoff import doubled
 
 MAX_BACKOFF_SECONDS = 300.0
@@ -146,24 +147,38 @@ class PipelineClock:
         return min(scheduled) if scheduled else None
 
 
+def lease_signature(record: busy_lease.LeaseRecord) -> tuple[Any, ...]:
+    """What the plan reads of a Lease, renewals aside: a change of it calls for a pass."""
+    return (
+        record.busy,
+        record.state,
+        record.admitted_by,
+        record.drain_request,
+        record.drain_reply,
+    )
+
+
 class LeaseWatch:
-    """Counts changes of any busy Lease's busy state; renewals of a busy Lease are not changes."""
+    """Counts changes of what the plan reads on any Lease (``lease_signature``: busy/idle, worker
+    state, admission, a drain request or reply); renewals are not changes. A bool works as a
+    signature too (busy or not)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._busy: dict[tuple[str, str], bool] = {}
+        self._busy: dict[tuple[str, str], Any] = {}
         self.epoch = 0
 
-    def observe(self, namespace: str, name: str, busy: bool | None) -> bool:
+    def observe(self, namespace: str, name: str, signature: Any) -> bool:
         """Record a Lease's state (None: deleted); True when it changed."""
         key = (namespace, name)
         with self._lock:
             previous = self._busy.get(key)
-            if busy is None:
+            if signature is None:
                 self._busy.pop(key, None)
             else:
-                self._busy[key] = busy
-            changed = bool(previous) != bool(busy)  # idle, deleted and unknown all mean not busy
+                self._busy[key] = signature
+            # Idle, deleted and unknown all mean nothing to act on: only a real change counts.
+            changed = (previous or None) != (signature or None)
             if changed:
                 self.epoch += 1
             return changed

@@ -84,6 +84,43 @@ class OperatorSettings(ComponentSettings):
         ),
     )
 
+    lifecycle_hook_name: str = Field(
+        default="framescale-drain",
+        min_length=1,
+        max_length=255,
+        description=(
+            "Name of the groups' termination lifecycle hook (autoscaling:EC2_INSTANCE_TERMINATING) whose "
+            "held instances the operator drains before it completes the action with CONTINUE."
+        ),
+    )
+    lifecycle_max_hold_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        le=172_800,
+        description=(
+            "Longest time a termination held by the lifecycle hook waits for its node's jobs to finish; "
+            "then the operator completes it anyway (shown in status.lifecycleHolds)."
+        ),
+    )
+    lifecycle_heartbeat_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description=(
+            "How often a held termination gets RecordLifecycleActionHeartbeat while its node drains "
+            "(keep it well below the hook's heartbeat timeout)."
+        ),
+    )
+    deletion_max_hold_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        le=172_800,
+        description=(
+            "Longest time a deleted VideoPipeline waits for its busy nodes to drain before its finalizer goes; "
+            "busy nodes then keep their protection (a Warning Event names them)."
+        ),
+    )
+
     @field_validator("namespaces", mode="before")
     @classmethod
     def _split_namespaces(cls, value: object) -> object:
