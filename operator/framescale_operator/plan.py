@@ -9,8 +9,9 @@ The rules (the operator README tells the same story for users):
 1. **AWS never chooses a victim.** Every instance of the group is protected from scale-in and
    marked as ours; the group launches new ones protected (``ProtectNewInstances``). Capacity
    goes down only by ``Terminate`` (``TerminateInstanceInAutoScalingGroup`` with
-   ``ShouldDecrementDesiredCapacity``) of an instance chosen here; ``SetDesiredCapacity`` only
-   ever raises the count. Busy nodes also get EC2 termination protection and the Cluster
+   ``ShouldDecrementDesiredCapacity``) of an instance chosen here; ``SetDesiredCapacity`` raises
+   the count, and lowers it only by capacity the group has not launched yet (never below the
+   instances it has, all of them protected, so no instance can go with it). Busy nodes also get EC2 termination protection and the Cluster
    Autoscaler / Karpenter annotations (``protection``).
 2. **Drain handshake first.** To shed nodes the plan picks victims among the instances that are
    not busy: first those with no live Lease (no worker, or a worker that cannot renew: neither
@@ -605,6 +606,12 @@ def _shed(
     draining: set[str] = set()
     excess = obs.group.desired - target
     active = [n for n in fleet if n.instance.in_service]
+    # Capacity the group has not launched yet is given back at once: no instance goes with it
+    # (never below the instances that exist, and every one of them is protected from scale-in).
+    unlaunched = min(excess, obs.group.desired - len(active))
+    if unlaunched > 0:
+        steps.append(SetDesiredCapacity(obs.group.name, obs.group.desired - unlaunched, obs.group.desired))
+        excess -= unlaunched
     pending: list[_Node] = []
     for n in sorted(active, key=lambda n: n.instance.instance_id):
         lease = n.lease

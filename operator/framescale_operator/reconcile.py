@@ -107,14 +107,14 @@ class Outcome:
 
     status: dict[str, Any]
     status_patch: dict[str, Any]
-    events: tuple[EventNote, ...] = ()
+    events: list[EventNote] = field(default_factory=list)
     depth: QueueDepth | None = None
     group: GroupState | None = None
     plan: plan_.Plan | None = None
     executed: execute.Result | None = None
     scaling_failure: Failure | None = None
     protection_failure: Failure | None = None
-    actions: tuple[str, ...] = ()
+    actions: list[str] = field(default_factory=list)
 
     @property
     def decision(self) -> policy.Decision | None:
@@ -150,7 +150,10 @@ class Outcome:
     def released(self) -> bool:
         """Deletion: every node released (the finalizer may go)."""
         return (
-            self.plan is not None and self.plan.released and self.executed is not None and self.executed.failed is None
+            self.plan is not None
+            and self.plan.released
+            and not self.failures
+            and (self.executed is None or self.executed.failed is None)
         )
 
     @property
@@ -529,9 +532,9 @@ def _report(
         changed = [s for s in done if isinstance(s, plan_.SetDesiredCapacity | plan_.Terminate)]
         if changed:
             new["lastScaleTime"] = busy_lease.format_micro_time(snapshot.now)
-            new["lastScaleDirection"] = (
-                ScaleDirection.OUT if isinstance(changed[-1], plan_.SetDesiredCapacity) else ScaleDirection.IN
-            ).value
+            last = changed[-1]
+            out = isinstance(last, plan_.SetDesiredCapacity) and last.desired > last.previous
+            new["lastScaleDirection"] = (ScaleDirection.OUT if out else ScaleDirection.IN).value
     if seen.spec is not None and scale:
         mode = (Mode.MANUAL if seen.spec.replicas is not None else Mode.AUTOSCALING).value
         if old.get("mode") not in (None, mode):
@@ -554,14 +557,14 @@ def _report(
     return Outcome(
         status=status,
         status_patch=status_patch(old, status),
-        events=tuple(events),
+        events=events,
         depth=seen.depth,
         group=group,
         plan=planned,
         executed=executed,
         scaling_failure=scaling_failure,
         protection_failure=protection_failure,
-        actions=tuple(actions),
+        actions=actions,
     )
 
 

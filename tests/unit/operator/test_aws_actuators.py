@@ -41,18 +41,63 @@ def actuator() -> Iterator[AwsActuator]:
     made.close()
 
 
-def test_queue_depth_counts_visible_and_in_flight(actuator: AwsActuator) -> None:
+def test_queue_depth_counts_visible_in_flight_and_delayed(actuator: AwsActuator) -> None:
     with Stubber(actuator.sqs) as stub:
         stub.add_response(
             "get_queue_attributes",
-            {"Attributes": {"ApproximateNumberOfMessages": "7", "ApproximateNumberOfMessagesNotVisible": "3"}},
+            {
+                "Attributes": {
+                    "ApproximateNumberOfMessages": "7",
+                    "ApproximateNumberOfMessagesNotVisible": "3",
+                    "ApproximateNumberOfMessagesDelayed": "2",
+                }
+            },
             {
                 "QueueUrl": QUEUE,
-                "AttributeNames": ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+                "AttributeNames": [
+                    "ApproximateNumberOfMessages",
+                    "ApproximateNumberOfMessagesNotVisible",
+                    "ApproximateNumberOfMessagesDelayed",
+                ],
             },
         )
         depth = actuator.queue_depth(QUEUE)
-    assert (depth.visible, depth.in_flight, depth.backlog) == (7, 3, 10)
+    assert (depth.visible, depth.in_flight, depth.delayed, depth.backlog) == (7, 3, 2, 12)
+
+
+def test_scale_in_is_a_termination_that_lowers_the_desired_capacity(actuator: AwsActuator) -> None:
+    with Stubber(actuator.autoscaling) as stub:
+        stub.add_response(
+            "terminate_instance_in_auto_scaling_group",
+            {},
+            {"InstanceId": "i-0000000000000000a", "ShouldDecrementDesiredCapacity": True},
+        )
+        actuator.terminate_instance("i-0000000000000000a")
+
+
+def test_held_termination_is_completed_with_continue(actuator: AwsActuator) -> None:
+    with Stubber(actuator.autoscaling) as stub:
+        stub.add_response(
+            "record_lifecycle_action_heartbeat",
+            {},
+            {"AutoScalingGroupName": "g", "LifecycleHookName": "h", "InstanceId": "i-0000000000000000a"},
+        )
+        stub.add_response(
+            "complete_lifecycle_action",
+            {},
+            {
+                "AutoScalingGroupName": "g",
+                "LifecycleHookName": "h",
+                "InstanceId": "i-0000000000000000a",
+                "LifecycleActionResult": "CONTINUE",
+            },
+        )
+        stub.add_response(
+            "update_auto_scaling_group", {}, {"AutoScalingGroupName": "g", "NewInstancesProtectedFromScaleIn": True}
+        )
+        actuator.record_lifecycle_heartbeat("g", "h", "i-0000000000000000a")
+        actuator.complete_lifecycle_action("g", "h", "i-0000000000000000a")
+        actuator.protect_new_instances("g")
 
 
 def test_missing_queue(actuator: AwsActuator) -> None:
