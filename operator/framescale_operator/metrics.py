@@ -13,7 +13,7 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-from framescale_operator import protection
+from framescale_operator import plan, protection
 from framescale_operator.reconcile import Outcome, PipelineRef
 
 PIPELINE_LABELS = ("namespace", "pipeline")
@@ -56,6 +56,24 @@ PROTECTED_INSTANCES = Gauge(
     PIPELINE_LABELS,
 )
 BUSY_NODES = Gauge("framescale_busy_nodes", "Nodes with a held, unexpired busy Lease.", PIPELINE_LABELS)
+DRAINING_NODES = Gauge(
+    "framescale_draining_nodes", "Nodes asked to drain (scale-in, held terminations, deletion).", PIPELINE_LABELS
+)
+LIFECYCLE_HOLDS = Gauge(
+    "framescale_lifecycle_holds",
+    "Terminations the group's lifecycle hook holds while their nodes drain.",
+    PIPELINE_LABELS,
+)
+OWNERSHIP_CONFLICT = Gauge(
+    "framescale_ownership_conflict",
+    "1 while another VideoPipeline owns this one's group or queue (this one does not act).",
+    PIPELINE_LABELS,
+)
+STEPS = Counter(
+    "framescale_operator_steps",
+    "Steps the operator carried out, by kind (Terminate, RequestDrain, WithdrawDrain, CompleteLifecycle, ...).",
+    (*PIPELINE_LABELS, "step"),
+)
 RECONCILE_ERRORS = Counter(
     "framescale_operator_reconcile_errors",
     "Failed halves (scaling, protection) of reconcile passes, by reason.",
@@ -76,6 +94,21 @@ _PER_PIPELINE = (
     HAS_BACKLOG_WITHOUT_CAPACITY,
     PROTECTED_INSTANCES,
     BUSY_NODES,
+    DRAINING_NODES,
+    LIFECYCLE_HOLDS,
+    OWNERSHIP_CONFLICT,
+)
+STEP_KINDS = tuple(
+    kind.__name__
+    for kind in (
+        plan.Terminate,
+        plan.RequestDrain,
+        plan.WithdrawDrain,
+        plan.Admit,
+        plan.SetDesiredCapacity,
+        plan.HeartbeatLifecycle,
+        plan.CompleteLifecycle,
+    )
 )
 
 
@@ -100,9 +133,19 @@ def record(ref: PipelineRef, outcome: Outcome, duration_seconds: float) -> None:
         BUSY_NODES.labels(*labels).set(len(outcome.busy))
     if outcome.instances_protected:
         PROTECTED_INSTANCES.labels(*labels).set(len(protection.instances_of(outcome.busy or ())))
-    if outcome.scaled and outcome.decision is not None and outcome.scaled_from is not None:
-        direction = "out" if outcome.decision.desired > outcome.scaled_from else "in"
-        SCALING_EVENTS.labels(*labels, direction).inc()
+    if outcome.plan is not None:
+        OWNERSHIP_CONFLICT.labels(*labels).set(1 if outcome.plan.conflict else 0)
+        DRAINING_NODES.labels(*labels).set(len(outcome.plan.draining))
+        LIFECYCLE_HOLDS.labels(*labels).set(len(outcome.plan.holds))
+    if outcome.executed is not None:
+        for step in outcome.executed.done:
+            kind = type(step).__name__
+            if kind in STEP_KINDS:
+                STEPS.labels(*labels, kind).inc()
+            if isinstance(step, plan.SetDesiredCapacity):
+                SCALING_EVENTS.labels(*labels, "out" if step.desired > step.previous else "in").inc()
+            elif isinstance(step, plan.Terminate):
+                SCALING_EVENTS.labels(*labels, "in").inc()
 
 
 def forget(ref: PipelineRef) -> None:
@@ -114,6 +157,9 @@ def forget(ref: PipelineRef) -> None:
     for direction in ("out", "in"):
         with contextlib.suppress(KeyError):
             SCALING_EVENTS.remove(*labels, direction)
+    for kind in STEP_KINDS:
+        with contextlib.suppress(KeyError):
+            STEPS.remove(*labels, kind)
 
 
 def serve(host: str, port: int) -> WSGIServer:

@@ -259,7 +259,10 @@ def plan(
     )
     return ProtectionPlan(
         busy=busy,
-        mark_scale_in=tuple(sorted(i for i in keep if mark[i].scale_in != owner)),
+        # Managing: every instance is adopted (marked as ours). Deleting: only what we turn on now.
+        mark_scale_in=tuple(
+            sorted(i for i in (keep if scale_in_keep is None else protect_scale_in) if mark[i].scale_in != owner)
+        ),
         protect_scale_in=tuple(protect_scale_in),
         mark_termination=tuple(i for i in enable_termination if mark[i].termination != owner),
         protect_termination=tuple(enable_termination),

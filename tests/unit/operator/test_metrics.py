@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY
 
-from framescale_operator import metrics
+from framescale_operator import metrics, plan
 from framescale_operator.aws_actuators import GroupState, QueueDepth
+from framescale_operator.execute import Result
 from framescale_operator.policy import Decision, Reason
 from framescale_operator.protection import BusyNode, GroupInstance
 from framescale_operator.reconcile import Failure, Outcome, PipelineRef
@@ -20,15 +21,16 @@ def value(name: str, **extra: str) -> float | None:
 
 def outcome(*, visible: int, in_flight: int, in_service: int, desired: int, scaled_from: int | None) -> Outcome:
     instances = tuple(GroupInstance(f"i-{n:017x}", "InService", False) for n in range(in_service))
+    steps = () if scaled_from is None else (plan.SetDesiredCapacity("g", desired, scaled_from),)
     return Outcome(
         status={"conditions": [{"type": "Ready", "status": "True"}]},
         status_patch={},
         depth=QueueDepth(visible, in_flight),
         group=GroupState(name="g", desired=scaled_from or desired, min_size=0, max_size=10, instances=instances),
-        decision=Decision(desired=desired, reason=Reason.SCALE_OUT, message="m", wanted=desired),
-        busy=(),
-        instances_protected=True,
-        scaled_from=scaled_from,
+        plan=plan.Plan(
+            steps=steps, decision=Decision(desired=desired, reason=Reason.SCALE_OUT, message="m", wanted=desired)
+        ),
+        executed=Result(done=list(steps)),
     )
 
 
@@ -75,6 +77,28 @@ def test_each_failed_half_counts_once_by_reason() -> None:
 
 def test_protected_instances_follow_the_busy_nodes_once_protected() -> None:
     busy = (BusyNode("na", "i-0000000000000000a", None, 1), BusyNode("nz", None, None, 1))
-    metrics.record(REF, Outcome(status={}, status_patch={}, busy=busy, instances_protected=True), 0.01)
+    done = Result(done=[])
+    metrics.record(REF, Outcome(status={}, status_patch={}, plan=plan.Plan(steps=(), busy=busy), executed=done), 0.01)
     assert value("framescale_busy_nodes") == 2
     assert value("framescale_protected_instances") == 1  # nz is outside the group
+
+
+def test_each_termination_and_drain_request_counts() -> None:
+    def steps(kind: str) -> float:
+        return value("framescale_operator_steps_total", step=kind) or 0.0
+
+    before = steps("Terminate"), steps("RequestDrain"), value("framescale_scaling_events_total", direction="in") or 0
+    done = [
+        plan.Terminate("i-0000000000000000a", "na", "drained"),
+        plan.RequestDrain("ns", "l", "nb", "t", plan.DrainMode.IF_IDLE, "scale-in"),
+    ]
+    metrics.record(
+        REF,
+        Outcome(
+            status={}, status_patch={}, plan=plan.Plan(steps=tuple(done), draining=("nb",)), executed=Result(done=done)
+        ),
+        0.01,
+    )
+    assert (steps("Terminate"), steps("RequestDrain")) == (before[0] + 1, before[1] + 1)
+    assert value("framescale_scaling_events_total", direction="in") == before[2] + 1
+    assert value("framescale_draining_nodes") == 1

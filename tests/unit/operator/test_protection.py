@@ -64,8 +64,11 @@ def make_plan(
     termination: dict[str, bool] | None = None,
     markers: dict[str, Markers] | None = None,
     nodes: dict[str, NodeRecord] | None = None,
+    keep: tuple[str, ...] | None = (),
 ) -> ProtectionPlan:
-    """The plan for these busy nodes (names; each with a fresh busy Lease) over this group."""
+    """The plan for these busy nodes (names; each with a fresh busy Lease) over this group.
+    ``keep`` () is the deleting pipeline's plan with only the busy nodes kept (release what is
+    idle); None the managing pipeline's (every instance protected from scale-in)."""
     nodes = NODES if nodes is None else nodes
     views = busy_nodes([lease(name) for name in busy], NOW, pipeline="detector")
     return plan(
@@ -75,7 +78,31 @@ def make_plan(
         instances=instances,
         termination_protected=termination or {},
         markers=markers or {},
+        scale_in_keep=keep,
     )
+
+
+def test_a_managed_group_has_every_instance_protected_from_scale_in_and_adopted() -> None:
+    result = make_plan(
+        ["na"],
+        [inst(A), inst(B, protected=True), inst(C, protected=True)],
+        markers={C: Markers(scale_in=OWNER)},
+        keep=None,
+    )
+    assert result.mark_scale_in == (A, B)  # B was launched protected by the group: adopted, marked
+    assert result.protect_scale_in == (A,)
+    assert result.protect_termination == (A,)  # termination protection only for the busy one
+    assert result.release_scale_in == result.unmark_scale_in == ()
+    assert result.release_termination == ()
+    idle = make_plan([], [inst(A, protected=True)], markers={A: OURS}, termination={A: True}, keep=None)
+    assert idle.release_scale_in == () and idle.unmark_scale_in == ()  # idle, but never released while managed
+    assert idle.release_termination == (A,)
+
+
+def test_a_deleting_pipeline_keeps_what_it_is_told_to_keep() -> None:
+    result = make_plan([], [inst(A, protected=True), inst(B, protected=True)], markers={A: OURS, B: OURS}, keep=(A,))
+    assert result.release_scale_in == (B,)
+    assert result.unmark_scale_in == (B,)
 
 
 @pytest.mark.parametrize(

@@ -275,9 +275,7 @@ class World:
         )
         return verdict
 
-    def run(
-        self, now: datetime = NOW, scale: bool = True, deleting_since: datetime | None = None
-    ) -> reconcile.Outcome:
+    def run(self, now: datetime = NOW, scale: bool = True, deleting_since: datetime | None = None) -> reconcile.Outcome:
         monotonic = (now - NOW).total_seconds()
         snapshot = reconcile.Snapshot(
             spec=self.spec,
@@ -593,7 +591,9 @@ def test_deletion_drains_releases_idle_nodes_and_keeps_busy_ones() -> None:
     deleting = NOW + timedelta(seconds=1)
     first = world.run(now=deleting, deleting_since=deleting)
     assert not first.released
-    assert all(world.lease_api.annotations(n)[names.LEASE_DRAIN_MODE_ANNOTATION] == "finish" for n in ("na", "nb", "nc"))
+    assert all(
+        world.lease_api.annotations(n)[names.LEASE_DRAIN_MODE_ANNOTATION] == "finish" for n in ("na", "nb", "nc")
+    )
     assert all(world.aws.instances[i] and world.aws.termination[i] for i in (A, B, C))
     world.worker("nb", 0, renewed=deleting)
     world.answer_drain("nb", deleting)
