@@ -11,8 +11,9 @@ The rules (the operator README tells the same story for users):
    goes down only by ``Terminate`` (``TerminateInstanceInAutoScalingGroup`` with
    ``ShouldDecrementDesiredCapacity``) of an instance chosen here; ``SetDesiredCapacity`` raises
    the count, and lowers it only by capacity the group has not launched yet (never below the
-   instances it has, all of them protected, so no instance can go with it). Busy nodes also get EC2 termination protection and the Cluster
-   Autoscaler / Karpenter annotations (``protection``).
+   instances it has, all of them protected, so no instance can go with it). Busy nodes also
+   get EC2 termination protection and the Cluster Autoscaler / Karpenter annotations
+   (``protection``).
 2. **Drain handshake first.** To shed nodes the plan picks victims among the instances that are
    not busy: first those with no live Lease (no worker, or a worker that cannot renew: neither
    starts a job), then idle live ones, idle longest first. A live one is asked to drain

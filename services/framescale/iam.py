@@ -192,7 +192,17 @@ def operator_policy(resources: OperatorResources) -> Policy:
         _allow("SeeGroups", list(UNSCOPED_OPERATOR_ACTIONS), ["*"]),
         _allow(
             "SizeAndProtectTheGroup",
-            ["autoscaling:SetDesiredCapacity", "autoscaling:SetInstanceProtection"],
+            [
+                "autoscaling:SetDesiredCapacity",
+                "autoscaling:SetInstanceProtection",
+                # NewInstancesProtectedFromScaleIn, set when the operator adopts the group
+                "autoscaling:UpdateAutoScalingGroup",
+                # the only way capacity goes down: an instance the operator chose, once drained
+                "autoscaling:TerminateInstanceInAutoScalingGroup",
+                # terminations the group's lifecycle hook holds while their nodes drain
+                "autoscaling:RecordLifecycleActionHeartbeat",
+                "autoscaling:CompleteLifecycleAction",
+            ],
             [autoscaling_group_arn(name, r.region, r.account, r.partition) for name in r.group_names],
         ),
         _allow(

@@ -114,6 +114,7 @@ def test_operator_rbac_is_exactly_what_it_uses(helm: Helm) -> None:
         ("framescale.io", "videopipelines/status", "patch"),
         ("coordination.k8s.io", "leases", "list"),
         ("coordination.k8s.io", "leases", "watch"),
+        ("coordination.k8s.io", "leases", "patch"),
         ("", "events", "create"),
     }
     # Watching every namespace: both roles bound cluster-wide, to the operator's ServiceAccount.
