@@ -506,6 +506,8 @@ def _report(
         actions.append(step.describe())
         if isinstance(step, plan_.Event):
             events.append(EventNote(step.type, step.reason, step.message))
+        elif isinstance(step, plan_.SetDesiredCapacity) and planned is not None and planned.decision is not None:
+            events.append(EventNote("Normal", "Scaled", f"{step.describe()}: {planned.decision.message}"))
         elif type(step) in EVENT_REASONS:
             events.append(EventNote("Normal", EVENT_REASONS[type(step)], step.describe()))
         elif isinstance(step, plan_.SetTerminationProtection):

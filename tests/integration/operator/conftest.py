@@ -221,6 +221,7 @@ class Pipeline:
             "targetBacklogPerReplica": 2,
             "scaleOutCooldownSeconds": 0,
             "scaleInCooldownSeconds": 2,
+            "scaleInStabilizationSeconds": 0,
             "pollIntervalSeconds": POLL,
         }
         settings.update(autoscaling)
@@ -267,21 +268,42 @@ class Pipeline:
         return name
 
     def hold_lease(
-        self, node: str, *, active_jobs: int = 1, duration: int = 300, renewed: datetime | None = None
+        self,
+        node: str,
+        *,
+        active_jobs: int = 1,
+        duration: int = 300,
+        renewed: datetime | None = None,
+        state: busy_lease.WorkerState | None = None,
+        reply: busy_lease.DrainReply | None = None,
     ) -> None:
-        """Write the node's busy Lease as a worker does (create, then merge-patch), acquired an hour
-        before its renewal."""
+        """Write the node's Lease as a worker does (create, then merge-patch of the worker's own
+        keys), acquired an hour before its renewal. ``state`` None: a version-1 writer."""
         renewed = renewed or datetime.now(UTC)
-        body = busy_lease.lease_body(
-            node_name=node,
-            namespace=self.namespace,
-            holder=f"worker-{node}",
-            active_jobs=active_jobs,
-            duration_seconds=duration,
-            now=renewed,
-            pipeline=self.name,
-            acquired=renewed - ACQUIRED_AGO,
-        )
+        if state is None:
+            body = busy_lease.lease_body(
+                node_name=node,
+                namespace=self.namespace,
+                holder=f"worker-{node}",
+                active_jobs=active_jobs,
+                duration_seconds=duration,
+                now=renewed,
+                pipeline=self.name,
+                acquired=renewed - ACQUIRED_AGO,
+            )
+        else:
+            body = busy_lease.worker_patch(
+                node_name=node,
+                namespace=self.namespace,
+                holder=f"worker-{node}",
+                duration_seconds=duration,
+                now=renewed,
+                active_jobs=active_jobs,
+                state=state,
+                pipeline=self.name,
+                acquired=renewed - ACQUIRED_AGO,
+                drain_reply=reply,
+            )
         path = self.kube.lease_path(self.namespace, busy_lease.lease_name(node))
         if self.kube.maybe_get(path) is None:
             self.kube.create(self.kube.lease_path(self.namespace), body)
@@ -289,6 +311,28 @@ class Pipeline:
             self.kube.merge_patch(
                 path, {"metadata": {"annotations": body["metadata"]["annotations"]}, "spec": body["spec"]}
             )
+
+    def lease(self, node: str) -> busy_lease.LeaseRecord | None:
+        body = self.kube.maybe_get(self.kube.lease_path(self.namespace, busy_lease.lease_name(node)))
+        return busy_lease.parse_lease(body) if body else None
+
+    def answer_drain(self, node: str, *, active_jobs: int = 0, duration: int = 300) -> busy_lease.DrainVerdict | None:
+        """What a version-2 worker does with a standing drain request (``respond_to_drain``)."""
+        record = self.lease(node)
+        if record is None or record.drain_request is None:
+            return None
+        verdict = busy_lease.respond_to_drain(record.drain_mode, active_jobs)
+        if verdict is None:
+            return None
+        drained = verdict == busy_lease.DrainVerdict.DRAINED
+        self.hold_lease(
+            node,
+            active_jobs=active_jobs,
+            duration=duration,
+            state=busy_lease.WorkerState.DRAINED if drained else busy_lease.WorkerState.BUSY,
+            reply=busy_lease.DrainReply(record.drain_request, verdict),
+        )
+        return verdict
 
     def delete_lease(self, node: str) -> None:
         self.kube.delete(self.kube.lease_path(self.namespace, busy_lease.lease_name(node)))

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from framescale import names
+from framescale import busy_lease, names
 from framescale.busy_lease import parse_time
 from framescale_operator.protection import PROTECTED_BY_ANNOTATION
 from framescale_operator.scale_mode import MIRROR_ANNOTATION
@@ -135,7 +135,8 @@ def test_scale_in_waits_for_the_cooldown_then_goes_to_zero(pipeline: Pipeline, k
     scaled_in_at = parse_time(status["lastScaleTime"])
     assert scaled_in_at is not None
     assert (scaled_in_at - scaled_out_at).total_seconds() >= cooldown
-    assert [m for m in _scaled(kube, pipeline.namespace) if "2 -> 0" in m]
+    # No worker Lease on either instance: both go, each by a termination the operator chose.
+    assert _reasons(kube, pipeline.namespace).count("ScaledIn") == 2
 
 
 def test_activation_backlog_gates_the_scale_from_zero(pipeline: Pipeline, kube: KubeClient) -> None:
@@ -287,22 +288,24 @@ def test_busy_node_is_protected_survives_scale_in_and_is_released_when_its_lease
             "framescale.io/termination-protected-by": owner,
         }
         assert _annotations(kube, busy_node)[PROTECTED_BY_ANNOTATION] == owner
-        assert world.unprotected(pipeline.group, idle_id)
+        assert world.scale_in_protected(pipeline.group, idle_id)  # every instance: AWS never picks
+        assert not world.termination_protected(idle_id)
         assert _node_clear(kube, idle_node)
         assert pipeline.condition("Protected")["status"] == "True"
         assert "Protected" in _reasons(kube, pipeline.namespace)
 
-        # The queue drains: the group scales in, but not below the busy node, and keeps it.
+        # The queue drains: the idle instance (no worker Lease on it) is terminated, the busy one kept.
         world.drain(pipeline.queue_url)
         wait_for(lambda: world.in_service(pipeline.group) == [busy_id], "the idle instance removed")
+        assert "ScaledIn" in _reasons(kube, pipeline.namespace)
         assert world.instance_state(idle_id) in {"shutting-down", "terminated"}
         assert world.desired(pipeline.group) == 1
         assert world.scale_in_protected(pipeline.group, busy_id)
         assert pipeline.condition("Scaling")["reason"] == "BusyNodes"
 
     # The worker stops renewing (as if it crashed): the Lease lapses with no further write.
-    wait_for(lambda: world.unprotected(pipeline.group, busy_id), "scale-in and termination protection off")
-    assert world.tags(busy_id) == {}
+    wait_for(lambda: not world.termination_protected(busy_id), "termination protection off")
+    assert world.tags(busy_id) == {"framescale.io/scale-in-protected-by": owner}
     wait_for(lambda: _node_clear(kube, busy_node), "the Node annotations removed")
     wait_for(lambda: pipeline.status().get("busyNodes") == [], "no busy nodes in status")
     assert pipeline.status()["protectedInstances"] == []
@@ -326,13 +329,13 @@ def test_a_lapsed_or_deleted_lease_releases_without_waiting_for_a_poll(pipeline:
     wait_for(lambda: world.fully_protected(pipeline.group, deleted_id), "the other node protected")
     assert time.monotonic() - protected_at < LEASE_SECONDS - 1, "protected too late to see it lapse"
 
-    wait_for(lambda: world.unprotected(pipeline.group, lapsing_id), "released once the Lease lapsed")
+    wait_for(lambda: not world.termination_protected(lapsing_id), "released once the Lease lapsed")
     assert world.fully_protected(pipeline.group, deleted_id)
     assert _node_protected(kube, deleted)
     wait_for(lambda: _node_clear(kube, lapsing), "the lapsed node's annotations removed")
 
     pipeline.delete_lease(deleted)  # a worker that cleaned up on its way out
-    wait_for(lambda: world.unprotected(pipeline.group, deleted_id), "released once the Lease was deleted")
+    wait_for(lambda: not world.termination_protected(deleted_id), "released once the Lease was deleted")
     wait_for(lambda: _node_clear(kube, deleted), "the node's annotations removed")
     assert pipeline.status()["busyNodes"] == []
 
@@ -349,7 +352,8 @@ def test_idle_lease_releases_protection_at_once(pipeline: Pipeline, kube: KubeCl
     wait_for(lambda: _node_protected(kube, node), "Node annotated")
 
     pipeline.hold_lease(node, active_jobs=0)  # the worker finished its last job
-    wait_for(lambda: world.unprotected(pipeline.group, instance_id), "scale-in and termination protection off")
+    wait_for(lambda: not world.termination_protected(instance_id), "termination protection off")
+    assert world.scale_in_protected(pipeline.group, instance_id)  # always on while managed
     wait_for(lambda: _node_clear(kube, node), "Node annotations removed")
     assert world.desired(pipeline.group) == 1  # pinned: the count does not move
 
@@ -370,45 +374,35 @@ def test_protection_goes_on_while_the_queue_is_missing(pipeline: Pipeline, kube:
     assert pipeline.condition("Scaling")["reason"] == "QueueNotFound"
 
     pipeline.hold_lease(node, active_jobs=0)
-    wait_for(lambda: world.unprotected(pipeline.group, instance_id), "released when idle")
+    wait_for(lambda: not world.termination_protected(instance_id), "released when idle")
     assert pipeline.condition("Ready")["reason"] == "QueueNotFound"
 
 
 def test_protection_set_by_someone_else_is_left_in_place(pipeline: Pipeline, kube: KubeClient) -> None:
-    """A person protected one instance by hand, and a second VideoPipeline shares the group:
-    neither loses nor takes protection it did not set."""
+    """A person protected one instance by hand: its termination protection and node annotation
+    survive the pipeline's passes and releases."""
     world = pipeline.world
     pipeline.create(spec=pipeline.pinned(2))
-    pipeline.create(spec=pipeline.pinned(2), name="other")  # same group; the Leases name "detector"
     wait_for(lambda: len(world.in_service(pipeline.group)) == 2, "2 instances in service")
     theirs, ours = world.in_service(pipeline.group)
     world.protect(pipeline.group, theirs)
-    # The same person keeps Karpenter off that node too.
     their_node = pipeline.node_for(theirs)
     kube.merge_patch(
         f"/api/v1/nodes/{their_node}", {"metadata": {"annotations": {names.KARPENTER_DO_NOT_DISRUPT: "true"}}}
     )
-    time.sleep(2 * POLL + 0.5)  # passes of both pipelines over the hand-protected instance
-    assert world.fully_protected(pipeline.group, theirs)
-
     for instance_id in (theirs, ours):
         pipeline.hold_lease(pipeline.node_for(instance_id))
     wait_for(lambda: world.fully_protected(pipeline.group, ours), "the busy instance protected")
-    assert world.tags(theirs) == {}  # already protected: nothing of ours to add
     status = wait_for(
         lambda: (s := pipeline.status()).get("protectedInstances") == sorted([theirs, ours]) and s, "both counted"
     )
     assert status["busyNodes"] == sorted(pipeline.node_for(i) for i in (theirs, ours))
-    for _ in range(4):  # the other pipeline keeps passing over it, and leaves it alone
-        assert world.fully_protected(pipeline.group, ours)
-        time.sleep(POLL / 2)
+    assert "framescale.io/termination-protected-by" not in world.tags(theirs)  # already on: not ours
 
     for instance_id in (theirs, ours):
         pipeline.hold_lease(pipeline.node_for(instance_id), active_jobs=0)
-    wait_for(lambda: world.unprotected(pipeline.group, ours), "ours released when idle")
-    assert world.tags(ours) == {}
-    # The same pass released every instance it considered idle and its own.
-    assert world.fully_protected(pipeline.group, theirs), "a person's protection was taken away"
+    wait_for(lambda: not world.termination_protected(ours), "ours released when idle")
+    assert world.termination_protected(theirs), "a person's protection was taken away"
     annotations = wait_for(
         lambda: (
             (a := kube.node(their_node)["metadata"].get("annotations", {})).get(PROTECTED_BY_ANNOTATION) is None and a
@@ -417,6 +411,68 @@ def test_protection_set_by_someone_else_is_left_in_place(pipeline: Pipeline, kub
     )
     assert annotations.get(names.KARPENTER_DO_NOT_DISRUPT) == "true", "a person's node annotation was removed"
     assert names.CLUSTER_AUTOSCALER_SCALE_DOWN_DISABLED not in annotations
+
+
+def test_a_second_pipeline_on_the_group_or_the_queue_is_refused(pipeline: Pipeline, kube: KubeClient) -> None:
+    world = pipeline.world
+    pipeline.create(spec=pipeline.pinned(1))
+    wait_for(lambda: pipeline.condition("Owned").get("status") == "True", "the first pipeline owns its group")
+    pipeline.create(spec=pipeline.pinned(3), name="same-group")
+    other_queue = world.queue(f"other-{pipeline.namespace}")
+    pipeline.create(
+        spec={
+            **pipeline.pinned(2),
+            "queueUrl": pipeline.queue_url,
+            "nodeGroup": {"autoScalingGroupName": world.group(f"other-{pipeline.group}")},
+        },
+        name="same-queue",
+    )
+    assert other_queue
+
+    def refused(name: str) -> dict[str, Any]:
+        status = kube.status(pipeline.namespace, name)
+        owned = next((c for c in status.get("conditions", []) if c.get("type") == "Owned"), {})
+        return owned if owned.get("status") == "False" else {}
+
+    group_conflict = wait_for(lambda: refused("same-group"), "Owned=False on the second pipeline of the group")
+    assert group_conflict["reason"] == "Conflict"
+    assert f"{pipeline.namespace}/{pipeline.name}" in group_conflict["message"]
+    queue_conflict = wait_for(lambda: refused("same-queue"), "Owned=False on the second pipeline of the queue")
+    assert "queue" in queue_conflict["message"]
+    time.sleep(3 * POLL)
+    assert world.desired(pipeline.group) == 1  # never 3: the second one does not act
+    assert world.desired(f"other-{pipeline.group}") == 0
+    assert "Conflict" in _reasons(kube, pipeline.namespace)
+
+
+def test_scale_in_drains_an_idle_worker_first_and_a_refusal_keeps_its_node(
+    pipeline: Pipeline, kube: KubeClient
+) -> None:
+    world = pipeline.world
+    pipeline.create(spec=pipeline.pinned(2))
+    wait_for(lambda: len(world.in_service(pipeline.group)) == 2, "2 instances in service")
+    first, second = world.in_service(pipeline.group)
+    nodes = {first: pipeline.node_for(first), second: pipeline.node_for(second)}
+    for node in nodes.values():
+        pipeline.hold_lease(node, active_jobs=0, state=busy_lease.WorkerState.IDLE)
+    wait_for(lambda: all((r := pipeline.lease(n)) and r.admitted_by for n in nodes.values()), "both workers admitted")
+    kube.merge_patch(kube.vp_path(pipeline.namespace, pipeline.name), {"spec": {"replicas": 1}})
+    asked = wait_for(
+        lambda: [i for i, n in nodes.items() if (r := pipeline.lease(n)) and r.drain_request], "a drain request"
+    )
+    (victim,) = asked
+    keeper = first if victim == second else second
+    time.sleep(2 * POLL)
+    assert sorted(world.in_service(pipeline.group)) == sorted(nodes), "terminated before it drained"
+    # The worker took a job before it saw the request: it refuses, and its node stays.
+    assert pipeline.answer_drain(nodes[victim], active_jobs=1) == busy_lease.DrainVerdict.REFUSED
+    wait_for(lambda: (r := pipeline.lease(nodes[victim])) and r.drain_request is None, "the request withdrawn")
+    # The other worker is asked next; it drains and its instance goes, the busy one stays.
+    wait_for(lambda: (r := pipeline.lease(nodes[keeper])) and r.drain_request, "the other node asked")
+    assert pipeline.answer_drain(nodes[keeper]) == busy_lease.DrainVerdict.DRAINED
+    wait_for(lambda: world.in_service(pipeline.group) == [victim], "the drained instance terminated")
+    assert world.desired(pipeline.group) == 1
+    assert "DrainWithdrawn" in _reasons(kube, pipeline.namespace)
 
 
 def test_invalid_spec_is_reported_in_a_condition_and_recovers(pipeline: Pipeline, kube: KubeClient) -> None:
@@ -436,16 +492,23 @@ def test_invalid_spec_is_reported_in_a_condition_and_recovers(pipeline: Pipeline
     wait_for(lambda: "Recovered" in _reasons(kube, pipeline.namespace), "a Recovered Event")
 
 
-def test_deleting_a_pipeline_releases_its_protection(pipeline: Pipeline, kube: KubeClient) -> None:
+def test_deleting_a_pipeline_keeps_a_busy_node_protected_until_it_drains(pipeline: Pipeline, kube: KubeClient) -> None:
     world = pipeline.world
     pipeline.create(spec=pipeline.pinned(1))
     wait_for(lambda: len(world.in_service(pipeline.group)) == 1, "1 instance in service")
     (instance_id,) = world.in_service(pipeline.group)
     node = pipeline.node_for(instance_id)
-    pipeline.hold_lease(node)
+    pipeline.hold_lease(node, state=busy_lease.WorkerState.BUSY)
     wait_for(lambda: world.fully_protected(pipeline.group, instance_id) and _node_protected(kube, node), "protected")
 
     kube.delete(kube.vp_path(pipeline.namespace, pipeline.name))
+    wait_for(lambda: (r := pipeline.lease(node)) and r.drain_mode.value == "finish" and r.drain_request, "drain asked")
+    time.sleep(2 * POLL)
+    assert kube.maybe_get(kube.vp_path(pipeline.namespace, pipeline.name)) is not None, "gone with a busy node"
+    assert world.fully_protected(pipeline.group, instance_id)
+    assert _node_protected(kube, node)
+
+    pipeline.answer_drain(node)  # its job finished: drained
     wait_for(
         lambda: kube.maybe_get(kube.vp_path(pipeline.namespace, pipeline.name)) is None,
         "the finalizer released and the object gone",
