@@ -34,8 +34,10 @@ The rules (the operator README tells the same story for users):
    takes no job. An instance chosen as a victim is never admitted.
 
 Order of the steps in a plan: protection first (group flag, scale-in protection and marks,
-busy nodes' termination protection and annotations), then held terminations, then withdrawals,
-terminations of drained victims, new drain requests, admissions, a scale-out, and releases last.
+busy nodes' termination protection and annotations), then the release of idle nodes' termination
+protection and annotations (a victim must not carry ``DisableApiTermination``), then held
+terminations, withdrawals, terminations of drained victims, new drain requests, admissions and a
+scale-out. Deleting, scale-in protection of released nodes is lifted last.
 """
 
 from __future__ import annotations
@@ -510,7 +512,9 @@ def plan(obs: Observation, new_token: Callable[[], str]) -> Plan:
     if obs.deleting_since is not None:
         return _deletion_plan(obs, fleet, busy, new_token)
 
-    steps: list[Step] = protection_steps(obs, busy, None)
+    # Releases of idle nodes' termination protection and annotations come early too: a node
+    # about to be terminated must not carry DisableApiTermination (the termination would fail).
+    steps: list[Step] = protection_steps(obs, busy, None) + release_steps(obs, busy, None)
     life_steps, holds, draining = _lifecycle(obs, fleet, new_token)
     steps += life_steps
 
@@ -534,7 +538,6 @@ def plan(obs: Observation, new_token: Callable[[], str]) -> Plan:
     steps += _admit(obs, fleet, victims, draining)
     if target is not None and refusal is None and obs.spec is not None and target > obs.group.desired:
         steps.append(SetDesiredCapacity(obs.group.name, target, obs.group.desired))
-    steps += release_steps(obs, busy, None)
     return Plan(
         steps=tuple(steps),
         decision=decision,
