@@ -901,3 +901,57 @@ def test_without_a_group_name_nothing_is_touched() -> None:
     assert outcome.protection_failure is not None and outcome.protection_failure.reason == "InvalidSpec"
     assert "autoScalingGroupName" in condition(world.status, "Protected")["message"]
     assert world.kube.patches == []  # our annotation stays until we know the group again
+
+
+def _status_schema() -> dict[str, Any]:
+    """The status schema of the CRD the chart installs, as plain JSON Schema (unknown fields are
+    an error here: the API server would silently prune them)."""
+    import yaml
+
+    from framescale_operator import crd
+
+    document = yaml.safe_load((crd.repo_root() / crd.CHART_CRD_PATH).read_text())
+    (version,) = document["spec"]["versions"]
+    schema = version["schema"]["openAPIV3Schema"]["properties"]["status"]
+
+    def strict(node: Any) -> None:
+        if isinstance(node, dict):
+            node.pop("x-kubernetes-validations", None)
+            if "properties" in node:
+                node["additionalProperties"] = False
+            for value in node.values():
+                strict(value)
+        elif isinstance(node, list):
+            for value in node:
+                strict(value)
+
+    strict(schema)
+    return schema
+
+
+def test_the_status_a_pass_writes_fits_the_crd_schema() -> None:
+    import jsonschema
+
+    world = World(spec={**spec(), "replicas": 1})
+    for instance_id, node_name in ((A, "na"), (B, "nb"), (C, "nc")):
+        world.add_instance(instance_id, node_name)
+    world.aws.desired, world.aws.delayed = 3, 2
+    world.busy("na")
+    world.worker("nb")
+    world.busy("nc")
+    world.aws.states[C] = "Terminating:Wait"
+    world.run()
+    later = NOW + timedelta(seconds=61)
+    world.busy("na", renewed=later)
+    world.worker("nb", renewed=later)
+    world.busy("nc", renewed=later)
+    world.run(now=later)  # a heartbeat recorded in the hold
+    assert world.status["drainingNodes"] and world.status["lifecycleHolds"]
+    assert world.status["lifecycleHolds"][0]["lastHeartbeat"]
+    jsonschema.validate(world.status, _status_schema())
+    deleting = World(spec=world.spec, aws=world.aws, kube=world.kube, lease_api=world.lease_api, status=world.status)
+    deleting.run(now=NOW + timedelta(seconds=62), deleting_since=NOW + timedelta(seconds=62))
+    conflict = World(ownership=plan.Ownership(group_owner="jobs/older"))
+    conflict.run()
+    for status in (deleting.status, conflict.status):
+        jsonschema.validate(status, _status_schema())
