@@ -34,9 +34,14 @@ OBSERVE_SECONDS = 0.1
 
 
 class _NoNodes:
-    """The reconcile pass's Node API: no Kubernetes here, and no busy node to annotate."""
+    """The reconcile pass's Node and Lease APIs: no Kubernetes here, no busy node to annotate and
+    no worker Lease to admit or drain (every instance is workerless, so a scale-in needs no
+    handshake)."""
 
     def patch_node(self, name: str, patch: dict[str, Any]) -> None:
+        return None
+
+    def patch_lease(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
         return None
 
 
@@ -77,7 +82,9 @@ class _OperatorLoop:
                     snapshot = reconcile.Snapshot(
                         spec=self.spec, status=status, generation=1, leases=[], nodes={}, now=now
                     )
-                    outcome = reconcile.reconcile(ref, snapshot, aws=actuator, nodes_api=_NoNodes(), scale=due.scale)
+                    outcome = reconcile.reconcile(
+                        ref, snapshot, aws=actuator, nodes_api=_NoNodes(), leases_api=_NoNodes(), scale=due.scale
+                    )
                     for key, value in outcome.status_patch.items():
                         if value is None:
                             status.pop(key, None)
