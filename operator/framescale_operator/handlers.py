@@ -10,6 +10,9 @@
   is due, and writes ``status``. A failed pass never raises ``kopf.TemporaryError`` here: kopf
   would sleep the whole timer through the delay, Lease changes included; the clock schedules
   the retry instead. The status and a Warning Event say it is retrying, a log line says when.
+* the scale subresource's rules (``scale_mode``): before a pass, an outside write of
+  ``spec.replicas`` pins the pipeline (spec.mode Manual, an Event); after an autoscaling pass, the
+  decided count is mirrored into ``spec.replicas``, conditional on the version read.
 * deletion drains the pipeline's nodes and releases each once drained; busy ones stay
   protected until they drain, up to a bound (hence a finalizer, retried until then).
 """
@@ -20,16 +23,17 @@ import asyncio
 import copy
 import logging
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
 from framescale import busy_lease, names
-from framescale_operator import metrics, protection, reconcile, scheduling
+from framescale_operator import metrics, models, protection, reconcile, scale_mode, scheduling
 from framescale_operator import plan as plan_
 from framescale_operator.aws_actuators import AwsActuator
-from framescale_operator.kube import LeaseAnnotator, NodeAnnotator
+from framescale_operator.kube import KubeConflict, KubeError, LeaseAnnotator, NodeAnnotator, PipelineWriter
 from framescale_operator.settings import OperatorSettings, load
 
 log = logging.getLogger(__name__)
@@ -57,6 +61,7 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     memo.aws = AwsActuator(max_attempts=config.aws_max_attempts)
     memo.nodes_api = NodeAnnotator()
     memo.leases_api = LeaseAnnotator()
+    memo.pipelines_api = PipelineWriter(*RESOURCE)
     memo.liveness = busy_lease.LeaseLiveness()
     memo.idle = reconcile.IdleSince()
     memo.metrics_server = None
@@ -70,7 +75,7 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.cleanup()
 def stop(memo: kopf.Memo, **_: Any) -> None:
-    for key in ("aws", "nodes_api", "leases_api"):
+    for key in ("aws", "nodes_api", "leases_api", "pipelines_api"):
         resource = memo.get(key)
         if resource is not None:
             resource.close()
@@ -137,7 +142,7 @@ def claims(body: kopf.Body, name: str | None, namespace: str | None, **_: Any) -
     }
 
 
-def _ownership(index: kopf.Index[str, plan_.Claim], spec: kopf.Spec) -> plan_.Ownership:
+def _ownership(index: kopf.Index[str, plan_.Claim], spec: Mapping[str, Any]) -> plan_.Ownership:
     all_claims = list(index.get("all", []))
     group = (spec.get("nodeGroup") or {}).get("autoScalingGroupName")
     queue = spec.get("queueUrl")
@@ -165,13 +170,53 @@ def _lease_namespace(config: OperatorSettings, namespace: str) -> str:
     return config.lease_namespace or namespace
 
 
+async def _write_scale_fields(memo: kopf.Memo, ref: reconcile.PipelineRef, patch: dict[str, Any], what: str) -> bool:
+    """One conditional merge patch of the pipeline's spec/metadata; False when it did not land."""
+    try:
+        await asyncio.to_thread(memo.pipelines_api.patch_pipeline, ref.namespace, ref.name, patch)
+    except KubeConflict:
+        # Someone wrote the object since it was read; the next tick sees what they wrote.
+        log.info("%s not written: the pipeline changed since it was read", what, extra=ref.log_extra())
+        return False
+    except KubeError as error:
+        log.warning("%s not written: %s; tried again at the next tick", what, error, extra=ref.log_extra())
+        return False
+    return True
+
+
+async def _resolve_mode(
+    body: kopf.Body, memo: kopf.Memo, ref: reconcile.PipelineRef
+) -> tuple[scale_mode.ScaleState, scale_mode.Resolution]:
+    """The mode this tick runs in; pins (or acknowledges a manual rescale) when the object says so."""
+    state = scale_mode.ScaleState.from_body(dict(body))
+    resolution = scale_mode.resolve(state)
+    if resolution.pinned_now:
+        if await _write_scale_fields(memo, ref, scale_mode.pin_patch(state), "switch to Manual"):
+            message = (
+                f"spec.replicas was set to {state.replicas} from outside the operator (kubectl scale, an HPA, "
+                f"an edit): pinned, spec.mode is Manual; to autoscale again: {scale_mode.RETURN_TO_AUTOSCALING}"
+            )
+            kopf.event(body, type="Normal", reason="Pinned", message=message)
+            log.info("%s", message, extra=ref.log_extra(reason="Pinned"))
+    elif resolution.acknowledge:
+        await _write_scale_fields(memo, ref, scale_mode.acknowledge_patch(state), "manual count acknowledgement")
+    return state, resolution
+
+
+def _decided_count(outcome: reconcile.Outcome) -> int | None:
+    """The node count an autoscaling pass decided and carried out, if it did."""
+    if outcome.decision is None or outcome.scaling_failure is not None:
+        return None
+    return outcome.decision.desired
+
+
 def _nodes_snapshot(index: kopf.Index[str, protection.NodeRecord]) -> dict[str, protection.NodeRecord]:
     return {key: record for key, store in index.items() for record in store}
 
 
 def _snapshot(
     *,
-    spec: kopf.Spec,
+    spec: kopf.Spec | dict[str, Any],
     status: kopf.Status,
     meta: kopf.Meta,
     namespace: str,
@@ -215,6 +260,11 @@ async def tick(
     config: OperatorSettings = memo.settings
     watch: scheduling.LeaseWatch = memo.lease_watch
     clock: scheduling.PipelineClock = memo.setdefault("clock", scheduling.PipelineClock())
+    ref = reconcile.PipelineRef(namespace=namespace, name=name)
+    state, resolution = await _resolve_mode(body, memo, ref)
+    selector = scale_mode.selector_string(dict(spec.get("workerSelector") or {}) or scale_mode.default_selector(name))
+    if status.get("selector") != selector:
+        patch.status["selector"] = selector
     monotonic, now = time.monotonic(), datetime.now(UTC)
     generation = meta.get("generation")
     epoch = watch.epoch
@@ -229,9 +279,8 @@ async def tick(
     if due is None:
         return
 
-    ref = reconcile.PipelineRef(namespace=namespace, name=name)
     snapshot = _snapshot(
-        spec=spec,
+        spec={**copy.deepcopy(dict(spec)), "mode": resolution.mode.value},  # in the resolved mode
         status=status,
         meta=meta,
         namespace=namespace,
@@ -261,6 +310,11 @@ async def tick(
         protection_retry=bool(outcome.protection_failure and outcome.protection_failure.retryable),
         base_delay=config.temporary_error_delay_seconds,
     )
+    decided = _decided_count(outcome)
+    if resolution.mode is models.Mode.AUTOSCALING and decided is not None:
+        mirror = scale_mode.mirror_patch(state, decided)
+        if mirror is not None:
+            await _write_scale_fields(memo, ref, mirror, f"mirror of {decided} into spec.replicas")
     _write(body, patch, outcome)
     extra = ref.log_extra(
         backlog=outcome.depth.backlog if outcome.depth else None,

@@ -338,7 +338,7 @@ class _Node:
 def scaling_spec(spec: models.VideoPipelineSpec) -> policy.ScalingSpec:
     auto = spec.autoscaling
     return policy.ScalingSpec(
-        replicas=spec.replicas,
+        replicas=spec.replicas if spec.mode is models.Mode.MANUAL else None,
         min_replicas=auto.min_replicas,
         max_replicas=auto.max_replicas,
         target_backlog_per_replica=auto.target_backlog_per_replica,
@@ -498,7 +498,7 @@ def _decide(
         group_max=group.max_size,
     )
     decision = policy.decide(observation, scaling_spec(spec), obs.memory.last_scale, obs.now)
-    window = 0 if spec.replicas is not None else spec.autoscaling.scale_in_stabilization_seconds
+    window = 0 if spec.mode is models.Mode.MANUAL else spec.autoscaling.scale_in_stabilization_seconds
     return policy.stabilize(decision, group.desired, obs.memory.scale_in_wanted_since, obs.now, window)
 
 

@@ -304,7 +304,7 @@ def _group_name(spec: Mapping[str, Any]) -> str:
 
 
 def _mode_message(spec: models.VideoPipelineSpec) -> str:
-    if spec.replicas is not None:
+    if spec.mode is Mode.MANUAL:
         return f"pinned to {spec.replicas} node(s) by spec.replicas"
     auto = spec.autoscaling
     return f"autoscaling from the queue between {auto.min_replicas} and {auto.max_replicas} node(s)"
@@ -538,7 +538,7 @@ def _report(
             out = isinstance(last, plan_.SetDesiredCapacity) and last.desired > last.previous
             new["lastScaleDirection"] = (ScaleDirection.OUT if out else ScaleDirection.IN).value
     if seen.spec is not None and scale:
-        mode = (Mode.MANUAL if seen.spec.replicas is not None else Mode.AUTOSCALING).value
+        mode = seen.spec.mode.value
         if old.get("mode") not in (None, mode):
             message = f"{old['mode']} -> {mode}: {_mode_message(seen.spec)}"
             events.append(EventNote("Normal", "ModeChanged", message))

@@ -60,7 +60,7 @@ def spec(replicas: int | None = None, **autoscaling: Any) -> models.VideoPipelin
         {
             "queueUrl": "https://sqs.us-east-1.amazonaws.com/1/jobs",
             "nodeGroup": {"autoScalingGroupName": "g"},
-            **({"replicas": replicas} if replicas is not None else {}),
+            **({"mode": "Manual", "replicas": replicas} if replicas is not None else {}),
             "autoscaling": {"targetBacklogPerReplica": 1, "scaleInStabilizationSeconds": 0, **autoscaling},
         }
     )

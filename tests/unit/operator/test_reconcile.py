@@ -377,7 +377,7 @@ def test_scale_in_waits_for_the_cooldown_recorded_in_status() -> None:
 
 
 def test_pinned_mode_shows_in_status() -> None:
-    world = World(spec={**spec(), "replicas": 2})
+    world = World(spec={**spec(), "mode": "Manual", "replicas": 2})
     world.run()
     assert world.aws.desired == 2
     assert world.status["mode"] == "Manual"
@@ -422,7 +422,7 @@ def test_every_instance_is_marked_and_protected_first_and_the_idle_one_is_draine
 
 
 def test_a_refusal_withdraws_the_request_and_the_next_idle_node_is_asked() -> None:
-    world = World(spec={**spec(), "replicas": 2})
+    world = World(spec={**spec(), "mode": "Manual", "replicas": 2})
     world.add_instance(A, "na")
     world.add_instance(B, "nb")
     world.aws.desired = 2
@@ -430,7 +430,7 @@ def test_a_refusal_withdraws_the_request_and_the_next_idle_node_is_asked() -> No
     world.run()  # na first seen idle at 0 s
     world.worker("nb", renewed=NOW + timedelta(seconds=1))
     world.run(now=NOW + timedelta(seconds=1))
-    world.spec, world.generation = {**spec(), "replicas": 1}, 2
+    world.spec, world.generation = {**spec(), "mode": "Manual", "replicas": 1}, 2
     world.worker("na", renewed=NOW + timedelta(seconds=2))
     world.worker("nb", renewed=NOW + timedelta(seconds=2))
     world.run(now=NOW + timedelta(seconds=2))
@@ -485,7 +485,7 @@ def test_a_worker_clock_far_off_changes_nothing() -> None:
     """Liveness is judged on the operator's clock: renewTime values two minutes in the past (or
     the future) are fine while they keep changing, and a stuck one expires after its duration."""
     for skew in (timedelta(seconds=-120), timedelta(seconds=120)):
-        world = World(spec={**spec(), "replicas": 1})
+        world = World(spec={**spec(), "mode": "Manual", "replicas": 1})
         world.add_instance(A, "na")
         world.add_instance(B, "nb")
         world.aws.desired = 2
@@ -581,7 +581,7 @@ def test_a_held_termination_is_completed_at_the_configured_maximum() -> None:
 
 
 def test_deletion_drains_releases_idle_nodes_and_keeps_busy_ones() -> None:
-    world = World(spec={**spec(), "replicas": 1})
+    world = World(spec={**spec(), "mode": "Manual", "replicas": 1})
     for instance_id, node_name in ((A, "na"), (B, "nb"), (C, "nc")):
         world.add_instance(instance_id, node_name)
     world.aws.desired = 1
@@ -863,7 +863,7 @@ def test_a_mode_change_posts_an_event_even_when_the_count_stays() -> None:
     world.aws.visible = 10
     world.run()
     assert world.aws.desired == 2
-    world.spec = {**spec(), "replicas": 2}
+    world.spec = {**spec(), "mode": "Manual", "replicas": 2}
     world.generation = 2
     pinned = world.run(now=NOW + timedelta(seconds=1))
     assert [(e.type, e.reason) for e in pinned.events] == [("Normal", "ModeChanged")]
@@ -932,7 +932,7 @@ def _status_schema() -> dict[str, Any]:
 def test_the_status_a_pass_writes_fits_the_crd_schema() -> None:
     import jsonschema
 
-    world = World(spec={**spec(), "replicas": 1})
+    world = World(spec={**spec(), "mode": "Manual", "replicas": 1})
     for instance_id, node_name in ((A, "na"), (B, "nb"), (C, "nc")):
         world.add_instance(instance_id, node_name)
     world.aws.desired, world.aws.delayed = 3, 2
