@@ -36,6 +36,7 @@ MODULES = [
     "src/framescale/worker/loop.py",
     "src/framescale_operator/policy.py",
     "src/framescale_operator/protection.py",
+    "src/framescale_operator/plan.py",
 ]
 # The fast unit tests that can kill their mutants (no processes, no network, no files of the repo).
 TESTS = [
@@ -51,6 +52,7 @@ TESTS = [
     "tests/unit/worker/test_gate.py",
     "tests/unit/operator/test_policy.py",
     "tests/unit/operator/test_protection.py",
+    "tests/unit/operator/test_plan.py",
 ]
 CONFIG = """
 [tool.mutmut]

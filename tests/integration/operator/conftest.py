@@ -338,15 +338,22 @@ class Pipeline:
         self.kube.delete(self.kube.lease_path(self.namespace, busy_lease.lease_name(node)))
 
     @contextlib.contextmanager
-    def busy(self, node: str, *, duration: int = LEASE_SECONDS, every: float = 1.0) -> Iterator[None]:
+    def busy(
+        self, node: str, *, duration: int = LEASE_SECONDS, every: float = 1.0, clock_offset: float = 0.0
+    ) -> Iterator[None]:
         """A live worker: renew the node's busy Lease every second; on exit stop renewing, as a
-        crashed worker would, so that the Lease lapses by itself (no further write)."""
+        crashed worker would, so that the Lease lapses by itself (no further write).
+        ``clock_offset``: the worker's clock that many seconds off the operator's."""
         stop = threading.Event()
-        self.hold_lease(node, duration=duration)
+
+        def worker_now() -> datetime:
+            return datetime.now(UTC) + timedelta(seconds=clock_offset)
+
+        self.hold_lease(node, duration=duration, renewed=worker_now())
 
         def renew() -> None:
             while not stop.wait(every):
-                self.hold_lease(node, duration=duration)
+                self.hold_lease(node, duration=duration, renewed=worker_now())
 
         thread = threading.Thread(target=renew, name=f"lease-{node}", daemon=True)
         thread.start()

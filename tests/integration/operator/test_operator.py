@@ -313,6 +313,26 @@ def test_busy_node_is_protected_survives_scale_in_and_is_released_when_its_lease
     wait_for(lambda: world.in_service(pipeline.group) == [], "min 0: the last instance goes too")
 
 
+@pytest.mark.parametrize("offset", [-120.0, 120.0])
+def test_a_worker_clock_two_minutes_off_keeps_its_busy_node_protected(
+    pipeline: Pipeline, kube: KubeClient, offset: float
+) -> None:
+    """Liveness is judged on the operator's clock (renewTime changing), never by comparing clocks:
+    a worker 120 s behind or ahead is busy for as long as it renews, and lapses when it stops."""
+    world = pipeline.world
+    pipeline.create(spec=pipeline.pinned(1))
+    wait_for(lambda: len(world.in_service(pipeline.group)) == 1, "1 instance in service")
+    (instance_id,) = world.in_service(pipeline.group)
+    node = pipeline.node_for(instance_id)
+    with pipeline.busy(node, clock_offset=offset):
+        wait_for(lambda: world.fully_protected(pipeline.group, instance_id), "protected")
+        for _ in range(int(2 * LEASE_SECONDS)):  # twice the Lease's duration: never seen lapsed
+            assert world.termination_protected(instance_id)
+            assert pipeline.status().get("busyNodes") == [node]
+            time.sleep(1)
+    wait_for(lambda: not world.termination_protected(instance_id), "released once it stopped renewing")
+
+
 def test_a_lapsed_or_deleted_lease_releases_without_waiting_for_a_poll(pipeline: Pipeline, kube: KubeClient) -> None:
     """With a 60 s poll, only the Lease's own expiry (renewTime + leaseDurationSeconds) and its
     deletion can wake the pipeline in time."""

@@ -8,7 +8,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from framescale_operator.models import ScaleDirection
-from framescale_operator.policy import Decision, LastScale, Observation, Reason, ScalingSpec, decide, wanted_replicas
+from framescale_operator.policy import (
+    Decision,
+    LastScale,
+    Observation,
+    Reason,
+    ScalingSpec,
+    decide,
+    stabilize,
+    wanted_replicas,
+)
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 SPEC = ScalingSpec(
@@ -309,3 +318,38 @@ def test_the_decision_moves_the_group_only_when_it_differs() -> None:
 def test_wanted_replicas_is_ceil_within_bounds(backlog: int, target: int, low: int, high: int, expected: int) -> None:
     spec = replace(SPEC, target_backlog_per_replica=target, min_replicas=low, max_replicas=high)
     assert wanted_replicas(backlog, spec) == expected
+
+
+def _want(desired: int) -> Decision:
+    return Decision(desired, Reason.SCALE_IN, "m", wanted=desired)
+
+
+def test_stabilize_holds_a_scale_in_until_the_window_has_passed() -> None:
+    window = 30.0
+    held, since = stabilize(_want(1), 3, None, NOW, window)
+    assert (held.desired, held.reason, since) == (3, Reason.STABILIZING, NOW)
+    assert held.wanted == 1 and held.hold_until == NOW + timedelta(seconds=30)
+    assert "30 s" in held.message
+    still, since = stabilize(_want(1), 3, NOW, NOW + timedelta(seconds=29.9), window)
+    assert (still.desired, since) == (3, NOW)
+    done, since = stabilize(_want(1), 3, NOW, NOW + timedelta(seconds=30), window)
+    assert (done.desired, done.reason, since) == (1, Reason.SCALE_IN, NOW)
+
+
+def test_stabilize_forgets_the_window_when_fewer_nodes_are_no_longer_wanted() -> None:
+    same, since = stabilize(_want(3), 3, NOW, NOW + timedelta(seconds=5), 30.0)
+    assert (same.desired, since) == (3, None)
+    out, since = stabilize(_want(4), 3, NOW, NOW + timedelta(seconds=5), 30.0)
+    assert (out.desired, since) == (4, None)
+
+
+def test_stabilize_with_no_window_acts_at_once_and_a_future_since_restarts_it() -> None:
+    now, since = stabilize(_want(0), 2, None, NOW, 0.0)
+    assert (now.desired, since) == (0, NOW)
+    held, since = stabilize(_want(0), 2, NOW + timedelta(seconds=60), NOW, 10.0)  # a clock step back
+    assert (held.desired, since) == (2, NOW)
+
+
+def test_delayed_messages_count_in_the_backlog() -> None:
+    assert Observation(visible=1, in_flight=2, current_desired=0, delayed=3).backlog == 6
+    assert Observation(visible=-1, in_flight=0, current_desired=0, delayed=-2).backlog == 0
