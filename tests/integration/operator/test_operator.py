@@ -297,7 +297,7 @@ def test_busy_node_is_protected_survives_scale_in_and_is_released_when_its_lease
         # The queue drains: the idle instance (no worker Lease on it) is terminated, the busy one kept.
         world.drain(pipeline.queue_url)
         wait_for(lambda: world.in_service(pipeline.group) == [busy_id], "the idle instance removed")
-        assert "ScaledIn" in _reasons(kube, pipeline.namespace)
+        wait_for(lambda: "ScaledIn" in _reasons(kube, pipeline.namespace), "a ScaledIn Event")
         assert world.instance_state(idle_id) in {"shutting-down", "terminated"}
         assert world.desired(pipeline.group) == 1
         assert world.scale_in_protected(pipeline.group, busy_id)
