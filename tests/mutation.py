@@ -47,6 +47,8 @@ TESTS = [
     "tests/unit/worker/test_commit_details.py",
     "tests/unit/worker/test_loop_details.py",
     "tests/unit/worker/test_loop.py",
+    "tests/unit/worker/test_loop_run.py",
+    "tests/unit/worker/test_loop_settle.py",
     "tests/unit/worker/test_job.py",
     "tests/unit/worker/test_gate.py",
     "tests/unit/operator/test_policy.py",
