@@ -127,6 +127,9 @@ def report(modules: list[str]) -> bool:
         if mutant in known:
             by_module[module]["equivalent"] += 1
             continue
+        # A mutant that makes the tests hang past mutmut's limit is caught too (as PIT counts it):
+        # those tests would never pass.
+        status = "killed" if status == "timeout" else status
         by_module[module][status] += 1
         if status != "killed":
             survivors[module].append(f"{mutant}: {status}")
