@@ -45,6 +45,7 @@ TESTS = [
     "tests/unit/worker/test_sampling_edges.py",
     "tests/unit/worker/test_commit.py",
     "tests/unit/worker/test_commit_details.py",
+    "tests/unit/worker/test_commit_edges.py",
     "tests/unit/worker/test_loop_details.py",
     "tests/unit/worker/test_loop.py",
     "tests/unit/worker/test_loop_run.py",
