@@ -130,10 +130,10 @@ def report(modules: list[str]) -> bool:
             continue
         # A mutant that makes the tests hang past mutmut's limit is caught too (as PIT counts it):
         # those tests would never pass.
-        status = "killed" if status == "timeout" else status
-        by_module[module][status] += 1
-        if status != "killed":
-            survivors[module].append(f"{mutant}: {status}")
+        verdict = "killed" if status == "timeout" else status
+        by_module[module][verdict] += 1
+        if verdict != "killed":
+            survivors[module].append(f"{mutant}: {verdict}")
     ok = True
     print(f"{'module':45} {'killed':>7} {'total':>6} {'score':>6}  (equivalent mutants listed in {EQUIVALENT.name})")
     for module in modules:
