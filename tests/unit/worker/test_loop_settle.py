@@ -230,8 +230,8 @@ def test_a_dead_letter_outcome_without_reason_or_stage_still_says_something(worl
 
 
 def test_our_stale_attributes_are_replaced_and_theirs_kept_in_order(world: World) -> None:
-    theirs = {f"a{n}": {"DataType": "String", "StringValue": str(n)} for n in range(9)}
-    theirs["framescale-old"] = {"DataType": "String", "StringValue": "stale"}
+    theirs = {"framescale-old": {"DataType": "String", "StringValue": "stale"}}  # an earlier dead-lettering's
+    theirs.update({f"a{n}": {"DataType": "String", "StringValue": str(n)} for n in range(9)})
     world.queue.put("[]", attributes=theirs)
     (message,) = world.queue.receive(wait_seconds=0, visibility_seconds=60)
     world.worker().handle(message)
@@ -245,8 +245,70 @@ def test_our_stale_attributes_are_replaced_and_theirs_kept_in_order(world: World
 
 def test_a_permanent_failure_with_its_own_reason_is_notified_with_it(world: World) -> None:
     message = world.queue.take("[]")
-    own = JobReport(input_url="s3://v/y.mp4", job_id="y", failure=Failure(FailureKind.PERMANENT, "bad", "decode"))
+    own = JobReport(
+        input_url="s3://v/y.mp4",
+        job_id="y",
+        output_url="s3://out/results/y/",
+        failure=Failure(FailureKind.PERMANENT, "bad", "decode"),
+    )
     outcome = MessageOutcome(Action.DEAD_LETTER, reason="message reason", stage="parse", failed=(own,))
     world.worker()._settle(message, outcome)
     (notice,) = world.publisher.messages(ERROR_TOPIC)
     assert notice["failureReason"] == "decode: bad"
+    assert notice["responseParameters"]["outputLocation"] == "s3://out/results/y/"
+
+
+def test_a_dead_letter_log_line_names_the_job_it_is_about(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    # Without the scope filter: the job id must be on the line itself (a message has several jobs).
+    message = world.queue.take("[]")
+    own = JobReport(input_url="s3://v/z.mp4", job_id="z", failure=Failure(FailureKind.PERMANENT, "bad", "decode"))
+    world.worker()._settle(message, MessageOutcome(Action.DEAD_LETTER, reason="r", stage="s", failed=(own,)))
+    (record,) = logged(caplog, "job failed permanently; message moved to the dead-letter queue")
+    assert record["job_id"] == "z"
+
+
+def test_a_hand_back_is_visible_again_at_once_with_no_delay(world: World) -> None:
+    worker = world.worker()
+    worker.stopping.set()
+    handled = worker.handle(world.queue.take(world.job_message()))
+    assert handled.settlement == Settlement(Disposition.HANDED_BACK, 0)
+
+
+def test_a_fresh_worker_is_neither_in_a_job_nor_receiving(world: World) -> None:
+    # The supervisor reads these to choose between waiting out a job and interrupting a poll.
+    worker = world.worker()
+    assert (worker.in_job, worker.receiving) == (False, False)
+
+
+def test_a_lone_call_to_handle_is_timed_from_its_start(world: World) -> None:
+    worker = world.worker()
+    worker.events = lambda event: event["type"] == "job_started" and world.clock.advance(3.0)
+    handled = worker.handle(world.queue.take(world.job_message()))
+    assert handled.outcome.reports[0].timings["total"] == 3.0
+
+
+def test_a_failed_record_keeps_the_job_id_derived_from_its_object(world: World) -> None:
+    world.store.faults.fail("download", "clip", Unavailable("GET", "reset"), times=10)
+    message = world.queue.take(json.dumps({"Records": [s3_record("cam/clip.mp4")]}))
+    (report,) = world.worker().handle(message).outcome.reports
+    assert report.failure is not None and report.job_id and report.job_id != message.message_id
+
+
+def test_an_unexpected_error_in_an_unnamed_job_is_named_after_the_message(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker = world.worker()
+
+    def broken(request: Any, *, received: float | None = None) -> JobReport:
+        raise KeyError("bug")
+
+    monkeypatch.setattr(worker.runner, "run", broken)
+    message = world.queue.take(json.dumps({"Records": [s3_record("cam/clip.mp4")]}))
+    (report,) = worker.handle(message).outcome.reports
+    assert report.job_id == message.message_id
+
+
+def test_success_notifications_carry_the_jobs_summary(world: World) -> None:
+    world.worker().handle(world.queue.take(world.job_message(job_id="job-1")))
+    (done,) = world.publisher.messages(SUCCESS_TOPIC)
+    assert done["framescale"]["framesSampled"] == 10
