@@ -622,6 +622,18 @@ class Built:
     size_bytes: int
 
 
+def context_key(context: Path, arguments: Sequence[str]) -> str:
+    """A digest of every file in ``context`` (path, mode, bytes) and of the build arguments."""
+    digest = hashlib.sha256(json.dumps(list(arguments)).encode())
+    for path in sorted(context.rglob("*")):
+        if path.is_file():
+            digest.update(f"{path.relative_to(context).as_posix()}\0{path.stat().st_mode:o}\0".encode())
+            with path.open("rb") as stream:
+                while chunk := stream.read(1 << 20):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
 def build_image(engine: Engine, spec: ImageSpec, base: Base, cache: Path, labels: Mapping[str, str]) -> Built:
     started = time.monotonic()
     wheels = wheelhouse(spec, base, cache) if spec.offline else None
@@ -637,8 +649,23 @@ def build_image(engine: Engine, spec: ImageSpec, base: Base, cache: Path, labels
         argv += ["--build-arg", f"RUNTIME_IMAGE={base.runtime}"]
     for name, value in labels.items():
         argv += ["--build-arg", f"{name}={value}"]
-    log(f"building {spec.reference}")
-    engine.run(*argv, str(context))
+    # The engine's layer cache makes a rebuild cheap but not free (it re-reads the context and
+    # walks every step); an image built from this very context and these arguments is kept.
+    key = context_key(context, [engine.kind, *argv, *(base.reference or "", base.runtime or "")])
+    records_path = cache / "built.json"
+    records = json.loads(records_path.read_text()) if records_path.exists() else {}
+    record = records.get(spec.name, {})
+    if (
+        record.get("key") == key
+        and engine.image_exists(spec.reference)
+        and engine.image_id(spec.reference) == record.get("id")
+    ):
+        log(f"{spec.reference} is up to date")
+    else:
+        log(f"building {spec.reference}")
+        engine.run(*argv, str(context))
+        records[spec.name] = {"key": key, "id": engine.image_id(spec.reference)}
+        records_path.write_text(json.dumps(records, indent=1))
     seconds = time.monotonic() - started
     return Built(spec.name, spec.reference, seconds, engine.image_size(spec.reference))
 
