@@ -649,6 +649,9 @@ def build_image(engine: Engine, spec: ImageSpec, base: Base, cache: Path, labels
         argv += ["--build-arg", f"RUNTIME_IMAGE={base.runtime}"]
     for name, value in labels.items():
         argv += ["--build-arg", f"{name}={value}"]
+        # Also as --label: buildah's layer cache reuses a LABEL step whose ARG values changed,
+        # which left the revision of an earlier build on a new image.
+        argv += ["--label", f"org.opencontainers.image.{name.lower()}={value}"]
     # The engine's layer cache makes a rebuild cheap but not free (it re-reads the context and
     # walks every step); an image built from this very context and these arguments is kept.
     key = context_key(context, [engine.kind, *argv, *(base.reference or "", base.runtime or "")])
