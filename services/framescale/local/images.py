@@ -62,6 +62,7 @@ MOTO_REQUIREMENT = "moto[server]==5.2.5"
 # Building the project from its sources inside the image needs its build backend from wheels too.
 BUILD_REQUIREMENTS = ("setuptools>=77", "wheel")
 WHEELHOUSE_FORMAT = "stripped-1"
+README_STUB = "# framescale\n\nVideo object detection at fleet scale on Kubernetes; see the project's README.\n"
 # What the worker image leaves out of services/framescale: the local harness, the demo, the
 # model server and exporter (TensorFlow), the developer CLI (it imports the harness).
 WORKER_EXCLUDES = ("local", "demo.py", "modelserver", "cli.py", "helm_values.py")
@@ -581,7 +582,11 @@ def stage_context(spec: ImageSpec, wheels: Path | None, cache: Path) -> Path:
     shutil.copy2(spec.dockerfile, context / "Dockerfile")
     for relative in spec.sources:
         source = REPO_ROOT / relative
-        if source.is_dir():
+        if relative == "README.md":
+            # Only the package metadata reads it (pyproject's readme): a stub keeps an edit of the
+            # real README from rebuilding the project's layer of every image.
+            (context / relative).write_text(README_STUB)
+        elif source.is_dir():
             _copy_tree(source, context / relative, ())
         else:
             shutil.copy2(source, context / relative)
