@@ -12,6 +12,8 @@
   ``spec.replicas`` pins the pipeline (spec.mode Manual, an Event); after an autoscaling pass, the
   decided count is mirrored into ``spec.replicas``, conditional on the version read.
 * deletion releases every protection the pipeline holds (hence a finalizer).
+* leader election (``leader``): only the replica holding the leader Lease runs passes and
+  releases; the others keep their watches and indexes warm and write nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import os
+import socket
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -26,9 +30,16 @@ from typing import Any
 import kopf
 
 from framescale import busy_lease, names
-from framescale_operator import metrics, models, protection, reconcile, scale_mode, scheduling
+from framescale_operator import leader, metrics, models, protection, reconcile, scale_mode, scheduling
 from framescale_operator.aws_actuators import AwsActuator, AwsError, AwsRetryable
-from framescale_operator.kube import KubeConflict, KubeError, KubeRetryable, NodeAnnotator, PipelineWriter
+from framescale_operator.kube import (
+    KubeConflict,
+    KubeError,
+    KubeRetryable,
+    LeaseClient,
+    NodeAnnotator,
+    PipelineWriter,
+)
 from framescale_operator.settings import OperatorSettings, load
 
 log = logging.getLogger(__name__)
@@ -56,6 +67,18 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     memo.aws = AwsActuator(max_attempts=config.aws_max_attempts)
     memo.nodes_api = NodeAnnotator()
     memo.pipelines_api = PipelineWriter(*RESOURCE)
+    memo.election = None
+    if config.leader_election:
+        identity = config.leader_identity or f"{socket.gethostname()}-{os.getpid()}"
+        memo.election = leader.LeaderElection(
+            LeaseClient(),
+            namespace=config.leader_lease_namespace,
+            name=config.leader_lease_name,
+            identity=identity,
+            lease_duration=config.leader_lease_duration_seconds,
+            renew_deadline=config.leader_renew_deadline_seconds,
+            retry_period=config.leader_retry_period_seconds,
+        ).start()
     memo.metrics_server = None
     if config.metrics_port:
         memo.metrics_server = metrics.serve(config.metrics_host, config.metrics_port)
@@ -67,6 +90,10 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.cleanup()
 def stop(memo: kopf.Memo, **_: Any) -> None:
+    election: leader.LeaderElection | None = memo.get("election")
+    if election is not None:
+        election.stop()  # releases the Lease: the other replica takes over at its next try
+        election.api.close()  # type: ignore[attr-defined]
     for key in ("aws", "nodes_api", "pipelines_api"):
         resource = memo.get(key)
         if resource is not None:
@@ -119,6 +146,12 @@ def lease_changed(
 @kopf.index("v1", "nodes")
 def nodes(body: kopf.Body, name: str | None, **_: Any) -> dict[str, protection.NodeRecord]:
     return {name or "": protection.NodeRecord.from_body(body)}
+
+
+def _acting(memo: kopf.Memo) -> bool:
+    """This replica may act: it holds the leader Lease, or leader election is off."""
+    election: leader.LeaderElection | None = memo.get("election")
+    return election is None or election.is_leader()
 
 
 def _lease_namespace(config: OperatorSettings, namespace: str) -> str:
@@ -182,6 +215,8 @@ async def tick(
     memo: kopf.Memo,
     **kwargs: Any,
 ) -> None:
+    if not _acting(memo):
+        return  # a standby replica: no AWS call, no write
     # kopf injects the indexes by their function names.
     busy_leases: kopf.Index[str, dict[str, Any]] = kwargs["busy_leases"]
     nodes: kopf.Index[str, protection.NodeRecord] = kwargs["nodes"]
@@ -266,6 +301,12 @@ async def release(
     namespace = namespace or ""
     config: OperatorSettings = memo.settings
     ref = reconcile.PipelineRef(namespace=namespace, name=name)
+    # A standby replica waits (writing nothing, so kopf records no retry) until it leads, or until
+    # the leader has released the pipeline and the object is gone.
+    while not _acting(memo):
+        if not await asyncio.to_thread(memo.pipelines_api.exists, namespace, name):
+            return
+        await asyncio.sleep(config.leader_retry_period_seconds)
     try:
         actions = await asyncio.to_thread(
             reconcile.release,
