@@ -1,0 +1,972 @@
+"""The real local stack for racing scenarios, with a referee that counts what must never happen.
+
+What runs, and how real each part is:
+
+* **AWS**: moto in server mode over real HTTP, started in this process (moto's
+  ``ThreadedMotoServer``) so that the referee can see the exact moment an EC2 instance dies:
+  ``Instance.terminate`` is tapped, whatever asked for it (the operator's
+  ``TerminateInstanceInAutoScalingGroup``, a ``SetDesiredCapacity`` decrease, a completed
+  lifecycle action, a test terminating "from outside"). The operator, in its own process, and
+  every fake node talk to it over HTTP through boto3, as they would to AWS. The lifecycle-hook
+  simulation of ``framescale.local.moto_extensions`` is installed when it exists.
+* **Kubernetes**: the HTTP API emulator of tests/integration/operator (kmock plus what kopf needs).
+* **The operator**: ``python -m framescale_operator`` as a child process (``OperatorRun``).
+* **Nodes** (``Fleet``): one fake node per instance of the group, started when moto launches the
+  instance (a Node object with the instance's providerID, then the worker), killed without a
+  word when moto terminates it (the worker's threads stop at their next step, nothing is handed
+  back, its Lease just stops being renewed), and its Node deleted as the node controller would.
+  The fake node (``FakeNode``) speaks the Lease contract v2 of ``framescale.busy_lease`` with the
+  worker's own job-start fence (``framescale.worker.gate.JobGate``).
+
+The referee (``Ledger``) records every job (message, node, start, end) and every termination.
+A violation is: an instance terminated while a job was in hand on it; an instance that AWS chose
+(terminated by a ``SetDesiredCapacity``/``UpdateAutoScalingGroup`` decrease rather than by an
+explicit termination); a message completed twice, or never.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from framescale import aws, busy_lease, names
+from framescale.local.processes import free_port, http_ok
+from framescale.worker.gate import JobGate
+from tests.integration.operator.conftest import KubeClient, _kubeconfig
+from tests.integration.operator.kube_emulator import EmulatorThread
+
+# Causes of a termination, as the tap names them (the outermost AWS call it happened in).
+BY_OPERATOR_CHOICE = "TerminateInstanceInAutoScalingGroup"
+BY_DESIRED_CAPACITY = "SetDesiredCapacity"  # AWS chose the victim
+BY_GROUP_UPDATE = "UpdateAutoScalingGroup"  # AWS chose the victim too
+BY_LIFECYCLE_COMPLETION = "CompleteLifecycleAction"
+BY_EC2 = "TerminateInstances"  # someone terminated the instance through EC2 directly
+AWS_CHOSE = (BY_DESIRED_CAPACITY, BY_GROUP_UPDATE)
+
+
+_CLIENTS: dict[tuple[str, str], Any] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def client(service: str) -> Any:
+    """One boto3 client per service and endpoint (thread-safe, shared by every fake node: making
+    one costs a tenth of a second of CPU), with a pool wide enough for every slot's long poll."""
+    key = (service, os.environ.get("AWS_ENDPOINT_URL", ""))
+    with _CLIENTS_LOCK:
+        if key not in _CLIENTS:
+            _CLIENTS[key] = aws.client(service, config=aws.client_config(max_pool_connections=128, max_attempts=3))
+        return _CLIENTS[key]
+
+
+# ---------------------------------------------------------------------------- the referee
+
+
+@dataclass
+class Job:
+    job_id: str
+    message_id: str
+    node: str
+    started: float  # monotonic
+    ended: float | None = None
+    outcome: str = "running"  # running | done | killed
+
+
+@dataclass(frozen=True)
+class Termination:
+    instance_id: str
+    group: str | None
+    cause: str
+    at: float  # monotonic
+    jobs_in_hand: tuple[str, ...]  # job ids the node had in hand when it died
+
+
+@dataclass(frozen=True)
+class CapacityChange:
+    group: str
+    before: int
+    after: int
+    at: float  # monotonic
+
+
+class Ledger:
+    """Every job, termination and capacity change, with the checks that must come out zero."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.jobs: list[Job] = []
+        self.terminations: list[Termination] = []
+        self.capacity: list[CapacityChange] = []
+        self.sent: dict[str, float] = {}  # job id -> monotonic send time
+        self.handed_back = 0
+        self.lost_to_dead_receivers = 0  # received by a node that died before it could start
+
+    def send(self, job_id: str) -> None:
+        with self.lock:
+            self.sent[job_id] = time.monotonic()
+
+    def start(self, job_id: str, message_id: str, node: str) -> Job:
+        job = Job(job_id=job_id, message_id=message_id, node=node, started=time.monotonic())
+        with self.lock:
+            self.jobs.append(job)
+        return job
+
+    def finish(self, job: Job, outcome: str) -> None:
+        with self.lock:
+            if job.outcome == "running":
+                job.outcome, job.ended = outcome, time.monotonic()
+
+    def terminated(self, termination: Termination) -> None:
+        with self.lock:
+            self.terminations.append(termination)
+
+    def capacity_changed(self, change: CapacityChange) -> None:
+        with self.lock:
+            self.capacity.append(change)
+
+    # The checks.
+    def done_counts(self) -> dict[str, int]:
+        with self.lock:
+            counts = dict.fromkeys(self.sent, 0)
+            for job in self.jobs:
+                if job.outcome == "done":
+                    counts[job.job_id] = counts.get(job.job_id, 0) + 1
+        return counts
+
+    def violations(self, groups: set[str] | None = None) -> dict[str, list[Any]]:
+        """What must be empty: busy terminations, AWS-chosen victims, killed jobs, jobs done twice
+        or not at all."""
+        counts = self.done_counts()
+        with self.lock:
+            terminations = [t for t in self.terminations if groups is None or t.group in groups]
+            killed = [job.job_id for job in self.jobs if job.outcome == "killed"]
+        return {
+            "terminated_with_a_job": [t for t in terminations if t.jobs_in_hand],
+            "aws_chose_the_victim": [t for t in terminations if t.cause in AWS_CHOSE],
+            "jobs_killed": killed,
+            "done_more_than_once": sorted(job for job, count in counts.items() if count > 1),
+            "never_done": sorted(job for job, count in counts.items() if count == 0),
+        }
+
+    def scale_ins(self, group: str) -> list[Termination]:
+        with self.lock:
+            return [t for t in self.terminations if t.group == group]
+
+    def all_done(self) -> bool:
+        return all(count >= 1 for count in self.done_counts().values())
+
+    def dump(self, path: Path) -> None:
+        """The whole record as JSON Lines, for reading a failure after the fact."""
+        with self.lock, path.open("w") as out:
+            for job in self.jobs:
+                out.write(json.dumps({"kind": "job", **job.__dict__}) + "\n")
+            for termination in self.terminations:
+                out.write(json.dumps({"kind": "termination", **termination.__dict__}) + "\n")
+            for change in self.capacity:
+                out.write(json.dumps({"kind": "capacity", **change.__dict__}) + "\n")
+
+
+# ---------------------------------------------------------------------------- AWS, in this process
+
+
+class _Cause(threading.local):
+    stack: list[str]
+
+    def __init__(self) -> None:
+        self.stack = []
+
+
+class MotoInProcess:
+    """moto's server on 127.0.0.1 in a thread of this process, with taps on instance deaths and
+    desired-capacity changes. ``on_terminate(instance_id, group, cause)`` runs in moto's request
+    thread, before the instance is marked terminated, and must not block."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.region = "us-east-1"
+        self.on_terminate: list[Callable[[str, str | None, str], None]] = []
+        self.on_capacity: list[Callable[[str, int, int], None]] = []
+        self.extensions: str | None = None  # what lifecycle simulation is installed, if any
+        self._cause = _Cause()
+        self._server: Any = None
+        self._undo: list[Callable[[], None]] = []
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def client_env(self) -> dict[str, str]:
+        return {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_SESSION_TOKEN": "testing",
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_REGION": self.region,
+        }
+
+    def _wrap(self, owner: Any, name: str, make: Callable[[Any], Any]) -> None:
+        original = owner.__dict__[name]
+        setattr(owner, name, make(original))
+        self._undo.append(lambda: setattr(owner, name, original))
+
+    def _cause_of(self, original: Any, cause: str) -> Any:
+        tap = self
+
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            tap._cause.stack.append(cause)
+            try:
+                return original(*args, **kwargs)
+            finally:
+                tap._cause.stack.pop()
+
+        return wrapped
+
+    def start(self) -> MotoInProcess:
+        from moto.autoscaling import models as autoscaling_models
+        from moto.ec2.models import instances as ec2_instances
+        from moto.server import ThreadedMotoServer
+
+        try:  # the lifecycle-hook simulation (Terminating:Wait), where the local stack has it
+            from framescale.local import moto_extensions  # type: ignore[attr-defined]
+
+            install = getattr(moto_extensions, "install", None)
+            if install is not None:
+                install()
+                self.extensions = moto_extensions.__name__
+        except ImportError:
+            self.extensions = None
+
+        tap = self
+
+        def terminate(original: Any) -> Any:
+            def wrapped(instance: Any, *args: Any, **kwargs: Any) -> Any:
+                if getattr(instance, "_state", None) is None or instance._state.name not in ("terminated",):
+                    group = None
+                    for tag in instance.get_tags() if hasattr(instance, "get_tags") else []:
+                        if tag.get("key") == "aws:autoscaling:groupName":
+                            group = tag.get("value")
+                    group = group or getattr(getattr(instance, "autoscaling_group", None), "name", None)
+                    cause = tap._cause.stack[0] if tap._cause.stack else BY_EC2
+                    for listener in list(tap.on_terminate):
+                        listener(instance.id, group, cause)
+                return original(instance, *args, **kwargs)
+
+            return wrapped
+
+        def desired(original: Any) -> Any:
+            def wrapped(group: Any, new_capacity: Any) -> Any:
+                before = int(getattr(group, "desired_capacity", None) or 0)
+                result = original(group, new_capacity)
+                after = int(group.desired_capacity or 0)
+                if after != before:
+                    for listener in list(tap.on_capacity):
+                        listener(group.name, before, after)
+                return result
+
+            return wrapped
+
+        backend = autoscaling_models.AutoScalingBackend
+        self._wrap(ec2_instances.Instance, "terminate", terminate)
+        self._wrap(autoscaling_models.FakeAutoScalingGroup, "set_desired_capacity", desired)
+        for method, cause in (
+            ("terminate_instance", BY_OPERATOR_CHOICE),
+            ("set_desired_capacity", BY_DESIRED_CAPACITY),
+            ("update_auto_scaling_group", BY_GROUP_UPDATE),
+            ("complete_lifecycle_action", BY_LIFECYCLE_COMPLETION),
+        ):
+            if method in backend.__dict__:
+                self._wrap(backend, method, lambda original, cause=cause: self._cause_of(original, cause))
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+        deadline = time.monotonic() + 30
+        while not http_ok(f"{self.endpoint_url}/moto-api/data.json", timeout=2):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the in-process moto server did not answer")
+            time.sleep(0.1)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+        for undo in reversed(self._undo):
+            undo()
+        self._undo.clear()
+
+
+# ---------------------------------------------------------------------------- a fake node
+
+
+@dataclass
+class NodeTiming:
+    """How a fake worker behaves: job lengths and the pause before taking the next job."""
+
+    slots: int = 2
+    job_seconds: tuple[float, float] = (0.2, 1.5)
+    pause_seconds: tuple[float, float] = (0.0, 1.5)
+    lease_seconds: int = 6
+    lease_check_seconds: float = 0.2  # how often the Lease is read for a drain request
+    receive_wait_seconds: int = 1  # long poll
+    boot_seconds: tuple[float, float] = (0.0, 0.5)
+    clock_offset: timedelta = timedelta(0)  # the node's wall clock against the true time
+    require_admission: bool = True
+
+
+class NodeKilled(Exception):
+    """The node's machine is gone: stop at once, write nothing."""
+
+
+class FakeNode:
+    """A node's worker: the Lease keeper (contract v2) and ``slots`` job slots behind the fence.
+
+    The keeper renews the node Lease every third of its duration, busy or idle, with the worker's
+    state in it; it opens the gate only while the Lease is admitted, carries no drain request and
+    was renewed recently (on this node's monotonic clock). On a drain request it fences every slot
+    (``JobGate.close``) and answers with ``busy_lease.respond_to_drain``. A slot whose long poll
+    returns a message after the fence shut hands it back at once. ``kill`` is the machine dying.
+    """
+
+    def __init__(
+        self,
+        *,
+        kube: KubeClient,
+        namespace: str,
+        pipeline: str,
+        node_name: str,
+        instance_id: str,
+        queue_url: str,
+        ledger: Ledger,
+        timing: NodeTiming,
+        seed: int,
+    ) -> None:
+        self.kube = kube
+        self.namespace = namespace
+        self.pipeline = pipeline
+        self.node_name = node_name
+        self.instance_id = instance_id
+        self.queue_url = queue_url
+        self.ledger = ledger
+        self.timing = timing
+        self.random = random.Random(seed)
+        self.gate = JobGate.for_threads(timing.slots)
+        self.lease_name = busy_lease.lease_name(node_name)
+        self.holder = f"{node_name}-{uuid.uuid4().hex[:6]}"
+        self._killed = threading.Event()
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._in_hand: dict[int, Job] = {}
+        self._threads: list[threading.Thread] = []
+        self.drain_answers: list[tuple[str, str, int]] = []  # (token, verdict, jobs in hand then)
+
+    # -- life
+    def start(self) -> FakeNode:
+        self._threads = [threading.Thread(target=self._keeper, name=f"keeper-{self.node_name}", daemon=True)]
+        self._threads += [
+            threading.Thread(target=self._slot, args=(slot,), name=f"slot{slot}-{self.node_name}", daemon=True)
+            for slot in range(self.timing.slots)
+        ]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def kill(self) -> tuple[str, ...]:
+        """The machine dies now; returns the jobs it had in hand (each one is killed)."""
+        with self._lock:
+            self._killed.set()
+            self.gate.shut()
+            jobs = list(self._in_hand.values())
+            self._in_hand.clear()
+        for job in jobs:
+            self.ledger.finish(job, "killed")
+        self._wake.set()
+        return tuple(job.job_id for job in jobs)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """A clean stop (SIGTERM): no new job; what is in hand finishes."""
+        self._stopping.set()
+        self.gate.shut()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(timeout=timeout)
+
+    @property
+    def alive(self) -> bool:
+        return not self._killed.is_set()
+
+    def jobs_in_hand(self) -> int:
+        with self._lock:
+            return len(self._in_hand)
+
+    def _check(self) -> None:
+        if self._killed.is_set():
+            raise NodeKilled
+
+    def _sleep(self, seconds: float) -> None:
+        if self._killed.wait(seconds):
+            raise NodeKilled
+
+    # -- the Lease keeper
+    def _write(self, state: busy_lease.WorkerState, reply: busy_lease.DrainReply | None) -> None:
+        body = busy_lease.worker_patch(
+            node_name=self.node_name,
+            namespace=self.namespace,
+            holder=self.holder,
+            duration_seconds=self.timing.lease_seconds,
+            now=datetime.now(UTC) + self.timing.clock_offset,
+            active_jobs=self.gate.jobs_in_hand(),
+            state=state,
+            pipeline=self.pipeline,
+            drain_reply=reply,
+        )
+        self._check()
+        path = self.kube.lease_path(self.namespace, self.lease_name)
+        try:
+            self.kube.merge_patch(
+                path, {"metadata": {"labels": body["metadata"]["labels"], "annotations": body["metadata"]["annotations"]},
+                       "spec": body["spec"]},
+            )
+        except urllib.error.HTTPError as error:
+            if error.code != 404:
+                raise
+            self.kube.create(self.kube.lease_path(self.namespace), body)
+
+    def _read(self) -> busy_lease.LeaseRecord | None:
+        self._check()
+        found = self.kube.maybe_get(self.kube.lease_path(self.namespace, self.lease_name))
+        return busy_lease.parse_lease(found) if found else None
+
+    def _keeper(self) -> None:
+        with contextlib.suppress(NodeKilled):
+            self._sleep(self.random.uniform(*self.timing.boot_seconds))
+            self._keep()
+
+    def _keep(self) -> None:
+        timing = self.timing
+        renew_every = timing.lease_seconds / 3.0
+        margin = 1.0
+        renewed_at = -1e9  # monotonic, when the last successful write was sent
+        written: tuple[Any, ...] | None = None
+        answered: str | None = None  # the token last answered
+        fenced_for: str | None = None
+        state = busy_lease.WorkerState.STARTING
+        reply: busy_lease.DrainReply | None = None
+        while True:
+            self._check()
+            try:
+                record = self._read()
+            except (urllib.error.URLError, OSError):
+                record = None
+            token = record.drain_request if record else None
+            if self._stopping.is_set():
+                state = busy_lease.WorkerState.STOPPING
+            elif token:
+                if fenced_for != token:
+                    if self.gate.close() is None:
+                        self._sleep(0.05)
+                        continue
+                    fenced_for = token
+                if answered != token or state == busy_lease.WorkerState.BUSY:
+                    in_hand = self.gate.jobs_in_hand()
+                    verdict = busy_lease.respond_to_drain(record.drain_mode, in_hand)  # type: ignore[union-attr]
+                    if verdict is not None:
+                        reply = busy_lease.DrainReply(token, verdict)
+                        answered = token
+                        self.drain_answers.append((token, verdict.value, in_hand))
+                        if verdict == busy_lease.DrainVerdict.DRAINED:
+                            state = busy_lease.WorkerState.DRAINED
+                        else:  # refused: it goes on working as before
+                            state = busy_lease.WorkerState.BUSY
+                    else:
+                        state = busy_lease.WorkerState.BUSY  # finishing what it has
+            else:
+                fenced_for = answered = None
+                state = busy_lease.WorkerState.BUSY if self.gate.jobs_in_hand() else busy_lease.WorkerState.IDLE
+            if state not in (busy_lease.WorkerState.DRAINED, busy_lease.WorkerState.STOPPING) and state in (
+                busy_lease.WorkerState.IDLE,
+                busy_lease.WorkerState.BUSY,
+            ):
+                state = busy_lease.WorkerState.BUSY if self.gate.jobs_in_hand() else busy_lease.WorkerState.IDLE
+            now = time.monotonic()
+            wanted = (state, self.gate.jobs_in_hand(), reply)
+            if wanted != written or now - renewed_at >= renew_every:
+                sent_at = time.monotonic()
+                try:
+                    self._write(state, reply)
+                    renewed_at, written = sent_at, wanted
+                except (urllib.error.URLError, OSError):
+                    pass
+            admitted = record is not None and (record.admitted_by or not timing.require_admission)
+            may_open = (
+                admitted
+                and not self._stopping.is_set()
+                and (token is None or (answered == token and reply is not None
+                                       and reply.verdict == busy_lease.DrainVerdict.REFUSED))
+            )
+            with self._lock:
+                self._check()
+                if may_open:
+                    self.gate.open(until=renewed_at + timing.lease_seconds - margin)
+                else:
+                    self.gate.shut()
+            self._wake.wait(timing.lease_check_seconds)
+            self._wake.clear()
+
+    # -- a job slot
+    def _slot(self, slot: int) -> None:
+        with contextlib.suppress(NodeKilled):
+            self._work(slot)
+
+    def _work(self, slot: int) -> None:
+        sqs = client("sqs")
+        gate = self.gate.slot(slot)
+        timing = self.timing
+        while not self._stopping.is_set():
+            self._check()
+            if not gate.is_open():
+                self._sleep(0.1)
+                continue
+            response = sqs.receive_message(
+                QueueUrl=self.queue_url, MaxNumberOfMessages=1, WaitTimeSeconds=timing.receive_wait_seconds
+            )
+            if self._killed.is_set():
+                if response.get("Messages"):
+                    with self.ledger.lock:
+                        self.ledger.lost_to_dead_receivers += 1
+                raise NodeKilled
+            for message in response.get("Messages", []):
+                job_id = json.loads(message["Body"]).get("job_id", message["MessageId"])
+                with self._lock:
+                    started = not self._killed.is_set() and gate.try_start()
+                    job = self.ledger.start(job_id, message["MessageId"], self.node_name) if started else None
+                    if job is not None:
+                        self._in_hand[slot] = job
+                if job is None:
+                    self._check()
+                    sqs.change_message_visibility(
+                        QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+                    )
+                    with self.ledger.lock:
+                        self.ledger.handed_back += 1
+                    continue
+                self._wake.set()  # the keeper writes "busy" right after the job is taken
+                self._sleep(self.random.uniform(*timing.job_seconds))
+                self._check()
+                sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
+                with self._lock:
+                    if self._killed.is_set():  # died while the delete was on its way: counted killed
+                        raise NodeKilled
+                    self._in_hand.pop(slot, None)
+                    gate.finish()
+                self.ledger.finish(job, "done")
+                self._wake.set()
+                self._sleep(self.random.uniform(*timing.pause_seconds))
+
+
+# ---------------------------------------------------------------------------- the fleet
+
+
+class Fleet:
+    """Fake nodes for the instances of some Auto Scaling groups: one started per launched
+    instance, killed when moto terminates it."""
+
+    def __init__(
+        self,
+        *,
+        moto: MotoInProcess,
+        kube: KubeClient,
+        ledger: Ledger,
+        timing: NodeTiming,
+        seed: int = 7,
+    ) -> None:
+        self.moto = moto
+        self.kube = kube
+        self.ledger = ledger
+        self.timing = timing
+        self.random = random.Random(seed)
+        self.groups: dict[str, tuple[str, str, str]] = {}  # group -> (namespace, pipeline, queue url)
+        self.nodes: dict[str, FakeNode] = {}  # instance id -> its node
+        self.gone: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._to_forget: list[str] = []
+        self._thread = threading.Thread(target=self._run, name="fleet", daemon=True)
+        moto.on_terminate.append(self._terminated)
+        moto.on_capacity.append(self._capacity)
+
+    def manage(self, group: str, *, namespace: str, pipeline: str, queue_url: str) -> None:
+        with self._lock:
+            self.groups[group] = (namespace, pipeline, queue_url)
+
+    def start(self) -> Fleet:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        with self._lock:
+            nodes = list(self.nodes.values())
+        for node in nodes:
+            node.kill()
+
+    def node(self, instance_id: str) -> FakeNode | None:
+        with self._lock:
+            return self.nodes.get(instance_id)
+
+    def live_nodes(self, group: str | None = None) -> list[FakeNode]:
+        with self._lock:
+            return [
+                node
+                for node in self.nodes.values()
+                if node.alive and (group is None or self.groups.get(group, ("",))[0] == node.namespace)
+            ]
+
+    # moto's request threads call these two.
+    def _terminated(self, instance_id: str, group: str | None, cause: str) -> None:
+        with self._lock:
+            node = self.nodes.get(instance_id)
+            self.gone.add(instance_id)
+        jobs = node.kill() if node is not None and node.alive else ()
+        if node is not None or group in self.groups:
+            self.ledger.terminated(
+                Termination(instance_id=instance_id, group=group, cause=cause, at=time.monotonic(), jobs_in_hand=jobs)
+            )
+        if node is not None:
+            with self._lock:
+                self._to_forget.append(node.node_name)
+
+    def _capacity(self, group: str, before: int, after: int) -> None:
+        if group in self.groups:
+            self.ledger.capacity_changed(CapacityChange(group=group, before=before, after=after, at=time.monotonic()))
+
+    def _run(self) -> None:
+        autoscaling = client("autoscaling")
+        while not self._stop.wait(0.2):
+            with self._lock:
+                groups = dict(self.groups)
+                forget, self._to_forget = self._to_forget, []
+            for node_name in forget:  # the node controller removes a gone machine's Node
+                with contextlib.suppress(urllib.error.HTTPError, urllib.error.URLError, OSError):
+                    self.kube.delete(f"/api/v1/nodes/{node_name}")
+            if not groups:
+                continue
+            try:
+                described = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=list(groups))
+            except Exception:  # moto busy: look again at the next tick
+                continue
+            for found in described["AutoScalingGroups"]:
+                namespace, pipeline, queue_url = groups[found["AutoScalingGroupName"]]
+                for instance in found["Instances"]:
+                    instance_id = instance["InstanceId"]
+                    with self._lock:
+                        known = instance_id in self.nodes or instance_id in self.gone
+                    if known or instance["LifecycleState"] not in ("Pending", "InService"):
+                        continue
+                    self._boot(instance_id, namespace=namespace, pipeline=pipeline, queue_url=queue_url)
+
+    def _boot(self, instance_id: str, *, namespace: str, pipeline: str, queue_url: str) -> None:
+        node_name = f"node-{instance_id}"
+        with contextlib.suppress(urllib.error.HTTPError):
+            self.kube.create(
+                "/api/v1/nodes",
+                {
+                    "apiVersion": "v1",
+                    "kind": "Node",
+                    "metadata": {"name": node_name, "labels": {names.ACCELERATOR_NODE_LABEL: "true"}},
+                    "spec": {"providerID": f"aws:///us-east-1a/{instance_id}"},
+                },
+            )
+        node = FakeNode(
+            kube=self.kube,
+            namespace=namespace,
+            pipeline=pipeline,
+            node_name=node_name,
+            instance_id=instance_id,
+            queue_url=queue_url,
+            ledger=self.ledger,
+            timing=self.timing,
+            seed=self.random.randrange(1 << 30),
+        )
+        with self._lock:
+            if instance_id in self.gone:
+                return
+            self.nodes[instance_id] = node
+        node.start()
+
+
+# ---------------------------------------------------------------------------- AWS resources
+
+
+@dataclass
+class GroupSpec:
+    max_size: int = 8
+    lifecycle_hook: bool = True
+    hook_heartbeat_seconds: int = 30
+    protect_new_instances: bool = True
+
+
+def make_queue(name: str, *, visibility_timeout: int = 10) -> str:
+    return str(
+        client("sqs").create_queue(
+            QueueName=name, Attributes={"VisibilityTimeout": str(visibility_timeout)}
+        )["QueueUrl"]
+    )
+
+
+def make_group(name: str, spec: GroupSpec | None = None) -> str:
+    """An Auto Scaling group as the CloudFormation template makes it: new instances protected from
+    scale-in, and the termination lifecycle hook the operator answers."""
+    spec = spec or GroupSpec()
+    ec2, autoscaling = client("ec2"), client("autoscaling")
+    subnet = ec2.describe_subnets()["Subnets"][0]["SubnetId"]
+    ec2.create_launch_template(
+        LaunchTemplateName=f"lt-{name}",
+        LaunchTemplateData={"ImageId": "ami-12c6146b", "InstanceType": "g4dn.xlarge"},
+    )
+    autoscaling.create_auto_scaling_group(
+        AutoScalingGroupName=name,
+        LaunchTemplate={"LaunchTemplateName": f"lt-{name}"},
+        MinSize=0,
+        MaxSize=spec.max_size,
+        DesiredCapacity=0,
+        VPCZoneIdentifier=subnet,
+        NewInstancesProtectedFromScaleIn=spec.protect_new_instances,
+    )
+    if spec.lifecycle_hook:
+        autoscaling.put_lifecycle_hook(
+            LifecycleHookName=names.DEFAULT_LIFECYCLE_HOOK_NAME,
+            AutoScalingGroupName=name,
+            LifecycleTransition="autoscaling:EC2_INSTANCE_TERMINATING",
+            HeartbeatTimeout=spec.hook_heartbeat_seconds,
+            DefaultResult="CONTINUE",
+        )
+    return name
+
+
+def send_jobs(queue_url: str, ledger: Ledger, count: int, prefix: str) -> list[str]:
+    sqs = client("sqs")
+    ids = [f"{prefix}-{uuid.uuid4().hex[:10]}" for _ in range(count)]
+    for start in range(0, count, 10):
+        batch = ids[start : start + 10]
+        for job_id in batch:
+            ledger.send(job_id)
+        sqs.send_message_batch(
+            QueueUrl=queue_url,
+            Entries=[
+                {"Id": str(n), "MessageBody": json.dumps({"video": f"s3://scenario/{job_id}.mp4", "job_id": job_id})}
+                for n, job_id in enumerate(batch)
+            ],
+        )
+    return ids
+
+
+def group_view(group: str) -> dict[str, Any]:
+    return dict(
+        client("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[group])["AutoScalingGroups"][0]
+    )
+
+
+def autoscaling_spec_keys() -> set[str]:
+    """The spec.autoscaling fields the operator under test knows (camelCase), so a scenario can
+    set a stabilization window only where one exists."""
+    from framescale_operator import models
+
+    return {info.alias or key for key, info in models.Autoscaling.model_fields.items()}
+
+
+# ---------------------------------------------------------------------------- the operator
+
+
+@dataclass
+class OperatorRun:
+    """``python -m framescale_operator`` against the emulator and the in-process moto."""
+
+    kube_url: str
+    aws_env: dict[str, str]
+    workdir: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    name: str = "operator"
+    process: subprocess.Popen[bytes] | None = None
+    health_url: str = ""
+    metrics_url: str = ""
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"{self.name}.log"
+
+    def start(self, timeout: float = 60.0) -> OperatorRun:
+        health_port, metrics_port = free_port(), free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("FRAMESCALE_", "AWS_", "KUBE"))}
+        env.update(self.aws_env)
+        env.update(
+            {
+                "KUBECONFIG": str(_kubeconfig(self.workdir / f"{self.name}.kubeconfig", self.kube_url)),
+                "FRAMESCALE_OPERATOR_DEFAULT_POLL_INTERVAL_SECONDS": "1",
+                "FRAMESCALE_OPERATOR_PROTECTION_RESYNC_SECONDS": "5",
+                "FRAMESCALE_OPERATOR_TEMPORARY_ERROR_DELAY_SECONDS": "1",
+                "FRAMESCALE_OPERATOR_HEALTH_HOST": "127.0.0.1",
+                "FRAMESCALE_OPERATOR_HEALTH_PORT": str(health_port),
+                "FRAMESCALE_OPERATOR_METRICS_HOST": "127.0.0.1",
+                "FRAMESCALE_OPERATOR_METRICS_PORT": str(metrics_port),
+                "FRAMESCALE_OPERATOR_LOG_FORMAT": "json",
+                "FRAMESCALE_OPERATOR_LOG_LEVEL": "INFO",
+            }
+        )
+        env.update(self.extra_env)
+        self.health_url = f"http://127.0.0.1:{health_port}/healthz"
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "framescale_operator"], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + timeout
+        while not http_ok(self.health_url):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the operator did not become live:\n{self.log_tail()}")
+            time.sleep(0.2)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: what a node failure or an OOM kill does to the operator's pod."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+    def log_tail(self, lines: int = 80) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+# ---------------------------------------------------------------------------- the whole stack
+
+
+@dataclass
+class Stack:
+    """moto in process, the kube emulator, the referee and the fleet; operators started on demand."""
+
+    moto: MotoInProcess
+    emulator: EmulatorThread
+    kube: KubeClient
+    ledger: Ledger
+    fleet: Fleet
+    workdir: Path
+    operators: list[OperatorRun] = field(default_factory=list)
+
+    def operator(self, name: str = "operator", **extra_env: str) -> OperatorRun:
+        run = OperatorRun(
+            kube_url=self.emulator.url,
+            aws_env=self.moto.client_env,
+            workdir=self.workdir,
+            extra_env=extra_env,
+            name=name,
+        )
+        self.operators.append(run)
+        return run.start()
+
+    def pipeline(
+        self,
+        *,
+        namespace: str,
+        name: str,
+        queue_url: str,
+        group: str,
+        replicas: int | None = None,
+        **autoscaling: Any,
+    ) -> dict[str, Any]:
+        known = autoscaling_spec_keys()
+        settings = {key: value for key, value in autoscaling.items() if key in known}
+        spec: dict[str, Any] = {
+            "queueUrl": queue_url,
+            "nodeGroup": {"autoScalingGroupName": group},
+            "daemonSetName": "framescale-worker",
+            "autoscaling": settings,
+        }
+        if replicas is not None:
+            spec["replicas"] = replicas
+            if "mode" in spec_keys():
+                spec["mode"] = "Manual"
+        body = {
+            "apiVersion": f"{names.GROUP}/{names.VERSION}",
+            "kind": names.KIND,
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": spec,
+        }
+        return dict(self.kube.create(self.kube.vp_path(namespace), body))
+
+
+def spec_keys() -> set[str]:
+    from framescale_operator import models
+
+    return {info.alias or key for key, info in models.VideoPipelineSpec.model_fields.items()}
+
+
+@contextlib.contextmanager
+def local_stack(workdir: Path, timing: NodeTiming | None = None, seed: int = 7) -> Iterator[Stack]:
+    """Start everything; on exit stop the operators, the fleet, the emulator and moto, and leave
+    the referee's record in ``workdir/ledger.jsonl``."""
+    moto = MotoInProcess().start()
+    saved = {key: os.environ.get(key) for key in moto.client_env}
+    os.environ.update(moto.client_env)
+    emulator = EmulatorThread().start()
+    kube = KubeClient(emulator.url)
+    ledger = Ledger()
+    fleet = Fleet(moto=moto, kube=kube, ledger=ledger, timing=timing or NodeTiming(), seed=seed).start()
+    stack = Stack(moto=moto, emulator=emulator, kube=kube, ledger=ledger, fleet=fleet, workdir=workdir)
+    try:
+        yield stack
+    finally:
+        for run in stack.operators:
+            run.stop()
+        fleet.stop()
+        ledger.dump(workdir / "ledger.jsonl")
+        emulator.stop()
+        moto.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+# ---------------------------------------------------------------------------- figures
+
+
+def spread(values: list[float]) -> dict[str, float | int]:
+    """count, median, p95 and max of some seconds."""
+    if not values:
+        return {"count": 0}
+    ordered = sorted(values)
+    p95 = ordered[min(len(ordered) - 1, max(0, round(0.95 * len(ordered)) - 1))]
+    return {
+        "count": len(ordered),
+        "median": round(statistics.median(ordered), 3),
+        "p95": round(p95, 3),
+        "max": round(ordered[-1], 3),
+    }
