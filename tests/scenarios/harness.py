@@ -2,11 +2,12 @@
 
 What runs, and how real each part is:
 
-* **AWS**: moto in server mode over real HTTP, started in this process (moto's
-  ``ThreadedMotoServer``) so that the referee can see the exact moment an EC2 instance dies:
+* **AWS**: moto in server mode over real HTTP, served from a thread of this process (as moto's
+  ``ThreadedMotoServer`` does) so that the referee can see the exact moment an EC2 instance dies:
   ``Instance.terminate`` is tapped, whatever asked for it (the operator's
   ``TerminateInstanceInAutoScalingGroup``, a ``SetDesiredCapacity`` decrease, a completed
-  lifecycle action, a test terminating "from outside"). The operator, in its own process, and
+  lifecycle action, a test terminating "from outside"), and who asked (each operator signs with
+  its own access key id; ``MotoInProcess.calls`` counts their writes). The operator, in its own process, and
   every fake node talk to it over HTTP through boto3, as they would to AWS. The lifecycle-hook
   simulation of ``framescale.local.moto_extensions`` is installed when it exists.
 * **Kubernetes**: the HTTP API emulator of tests/integration/operator (kmock plus what kopf needs).
@@ -27,6 +28,8 @@ explicit termination); a message completed twice, or never.
 from __future__ import annotations
 
 import contextlib
+import functools
+import io
 import json
 import logging
 import os
@@ -52,7 +55,7 @@ from tests.integration.operator.conftest import KubeClient, _kubeconfig
 from tests.integration.operator.kube_emulator import EmulatorThread
 
 # Causes of a termination, as the tap names them (the outermost AWS call it happened in).
-BY_OPERATOR_CHOICE = "TerminateInstanceInAutoScalingGroup"
+BY_TERMINATE_IN_GROUP = "TerminateInstanceInAutoScalingGroup"  # a chosen instance
 BY_DESIRED_CAPACITY = "SetDesiredCapacity"  # AWS chose the victim
 BY_GROUP_UPDATE = "UpdateAutoScalingGroup"  # AWS chose the victim too
 BY_LIFECYCLE_COMPLETION = "CompleteLifecycleAction"
@@ -94,6 +97,7 @@ class Termination:
     cause: str
     at: float  # monotonic
     jobs_in_hand: tuple[str, ...]  # job ids the node had in hand when it died
+    caller: str = ""  # the access key id of the request it happened in
 
 
 @dataclass(frozen=True)
@@ -185,10 +189,31 @@ class Ledger:
 
 
 class _Cause(threading.local):
+    """Per moto request thread: the AWS calls under way (outermost first) and who made them."""
+
     stack: list[str]
+    caller: str
 
     def __init__(self) -> None:
         self.stack = []
+        self.caller = ""
+
+
+# The writes whose caller is counted (``MotoInProcess.calls``): what an operator that acts makes.
+WRITE_ACTIONS = frozenset(
+    {
+        "SetDesiredCapacity",
+        "UpdateAutoScalingGroup",
+        "TerminateInstanceInAutoScalingGroup",
+        "SetInstanceProtection",
+        "CompleteLifecycleAction",
+        "RecordLifecycleActionHeartbeat",
+        "ModifyInstanceAttribute",
+        "CreateTags",
+        "DeleteTags",
+        "TerminateInstances",
+    }
+)
 
 
 class MotoInProcess:
@@ -199,10 +224,12 @@ class MotoInProcess:
     def __init__(self) -> None:
         self.port = free_port()
         self.region = "us-east-1"
-        self.on_terminate: list[Callable[[str, str | None, str], None]] = []
+        self.on_terminate: list[Callable[[str, str | None, str, str], None]] = []
         self.on_capacity: list[Callable[[str, int, int], None]] = []
         self.extensions: str | None = None  # what lifecycle simulation is installed, if any
         self._cause = _Cause()
+        self.calls: list[tuple[str, str, float]] = []  # (caller, action, monotonic) of each write
+        self._calls_lock = threading.Lock()
         self._server: Any = None
         self._undo: list[Callable[[], None]] = []
 
@@ -241,7 +268,6 @@ class MotoInProcess:
     def start(self) -> MotoInProcess:
         from moto.autoscaling import models as autoscaling_models
         from moto.ec2.models import instances as ec2_instances
-        from moto.server import ThreadedMotoServer
 
         try:  # the lifecycle-hook simulation (Terminating:Wait), where the local stack has it
             from framescale.local import moto_extensions  # type: ignore[attr-defined]
@@ -265,7 +291,7 @@ class MotoInProcess:
                     group = group or getattr(getattr(instance, "autoscaling_group", None), "name", None)
                     cause = tap._cause.stack[0] if tap._cause.stack else BY_EC2
                     for listener in list(tap.on_terminate):
-                        listener(instance.id, group, cause)
+                        listener(instance.id, group, cause, tap._cause.caller)
                 return original(instance, *args, **kwargs)
 
             return wrapped
@@ -286,16 +312,26 @@ class MotoInProcess:
         self._wrap(ec2_instances.Instance, "terminate", terminate)
         self._wrap(autoscaling_models.FakeAutoScalingGroup, "set_desired_capacity", desired)
         for method, cause in (
-            ("terminate_instance", BY_OPERATOR_CHOICE),
+            ("terminate_instance", BY_TERMINATE_IN_GROUP),
             ("set_desired_capacity", BY_DESIRED_CAPACITY),
             ("update_auto_scaling_group", BY_GROUP_UPDATE),
             ("complete_lifecycle_action", BY_LIFECYCLE_COMPLETION),
         ):
             if method in backend.__dict__:
-                self._wrap(backend, method, lambda original, cause=cause: self._cause_of(original, cause))
+                self._wrap(backend, method, functools.partial(self._cause_of, cause=cause))
+        from moto.moto_server.werkzeug_app import (
+            DomainDispatcherApplication,
+            MotoRequestHandler,
+            create_backend_app,
+        )
+        from werkzeug.serving import make_server
+
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-        self._server.start()
+        app = DomainDispatcherApplication(create_backend_app)
+        self._server = make_server(
+            "127.0.0.1", self.port, self._who_calls(app), threaded=True, request_handler=MotoRequestHandler
+        )
+        threading.Thread(target=self._server.serve_forever, name="moto", daemon=True).start()
         deadline = time.monotonic() + 30
         while not http_ok(f"{self.endpoint_url}/moto-api/data.json", timeout=2):
             if time.monotonic() > deadline:
@@ -303,9 +339,38 @@ class MotoInProcess:
             time.sleep(0.1)
         return self
 
+    def _who_calls(self, app: Any) -> Any:
+        """WSGI middleware: note the caller (the access key id it signed with) and the action of
+        every request, so that the taps and ``calls`` can say who did what."""
+        tap = self
+
+        def middleware(environ: dict[str, Any], start_response: Any) -> Any:
+            authorization = environ.get("HTTP_AUTHORIZATION", "")
+            caller = authorization.partition("Credential=")[2].partition("/")[0] or "anonymous"
+            action = environ.get("HTTP_X_AMZ_TARGET", "").rpartition(".")[2]
+            if not action and environ.get("REQUEST_METHOD") == "POST":
+                length = int(environ.get("CONTENT_LENGTH") or 0)
+                body = environ["wsgi.input"].read(length) if length else b""
+                environ["wsgi.input"] = io.BytesIO(body)
+                for part in body.split(b"&"):
+                    if part.startswith(b"Action="):
+                        action = part[len(b"Action=") :].decode(errors="replace")
+            tap._cause.caller = caller
+            if action in WRITE_ACTIONS:
+                with tap._calls_lock:
+                    tap.calls.append((caller, action, time.monotonic()))
+            return app(environ, start_response)
+
+        return middleware
+
+    def writes_by(self, caller: str) -> list[str]:
+        """The Auto Scaling and EC2 write actions ``caller`` made."""
+        with self._calls_lock:
+            return [action for who, action, _ in self.calls if who == caller]
+
     def stop(self) -> None:
         if self._server is not None:
-            self._server.stop()
+            self._server.shutdown()
         for undo in reversed(self._undo):
             undo()
         self._undo.clear()
@@ -440,8 +505,11 @@ class FakeNode:
         path = self.kube.lease_path(self.namespace, self.lease_name)
         try:
             self.kube.merge_patch(
-                path, {"metadata": {"labels": body["metadata"]["labels"], "annotations": body["metadata"]["annotations"]},
-                       "spec": body["spec"]},
+                path,
+                {
+                    "metadata": {"labels": body["metadata"]["labels"], "annotations": body["metadata"]["annotations"]},
+                    "spec": body["spec"],
+                },
             )
         except urllib.error.HTTPError as error:
             if error.code != 404:
@@ -517,8 +585,10 @@ class FakeNode:
             may_open = (
                 admitted
                 and not self._stopping.is_set()
-                and (token is None or (answered == token and reply is not None
-                                       and reply.verdict == busy_lease.DrainVerdict.REFUSED))
+                and (
+                    token is None
+                    or (answered == token and reply is not None and reply.verdict == busy_lease.DrainVerdict.REFUSED)
+                )
             )
             with self._lock:
                 self._check()
@@ -640,14 +710,23 @@ class Fleet:
             ]
 
     # moto's request threads call these two.
-    def _terminated(self, instance_id: str, group: str | None, cause: str) -> None:
+    def _terminated(self, instance_id: str, group: str | None, cause: str, caller: str) -> None:
         with self._lock:
+            if instance_id in self.gone:
+                return  # a second termination of a dead instance (moto allows it) is no new death
             node = self.nodes.get(instance_id)
             self.gone.add(instance_id)
         jobs = node.kill() if node is not None and node.alive else ()
         if node is not None or group in self.groups:
             self.ledger.terminated(
-                Termination(instance_id=instance_id, group=group, cause=cause, at=time.monotonic(), jobs_in_hand=jobs)
+                Termination(
+                    instance_id=instance_id,
+                    group=group,
+                    cause=cause,
+                    at=time.monotonic(),
+                    jobs_in_hand=jobs,
+                    caller=caller,
+                )
             )
         if node is not None:
             with self._lock:
@@ -725,9 +804,9 @@ class GroupSpec:
 
 def make_queue(name: str, *, visibility_timeout: int = 10) -> str:
     return str(
-        client("sqs").create_queue(
-            QueueName=name, Attributes={"VisibilityTimeout": str(visibility_timeout)}
-        )["QueueUrl"]
+        client("sqs").create_queue(QueueName=name, Attributes={"VisibilityTimeout": str(visibility_timeout)})[
+            "QueueUrl"
+        ]
     )
 
 
@@ -880,9 +959,10 @@ class Stack:
     operators: list[OperatorRun] = field(default_factory=list)
 
     def operator(self, name: str = "operator", **extra_env: str) -> OperatorRun:
+        """Start an operator; its AWS calls are signed with the access key id ``name``."""
         run = OperatorRun(
             kube_url=self.emulator.url,
-            aws_env=self.moto.client_env,
+            aws_env={**self.moto.client_env, "AWS_ACCESS_KEY_ID": name},
             workdir=self.workdir,
             extra_env=extra_env,
             name=name,

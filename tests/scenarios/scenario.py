@@ -100,7 +100,8 @@ def run(
     while scale_ins() < size.scale_ins and time.monotonic() - started < size.time_limit:
         kind = rng.choices(["burst", "trickle", "quiet"], weights=[4, 3, 2])[0]
         if kind == "burst":
-            count = rng.randint(size.target_backlog_per_replica * 2, size.max_replicas * size.target_backlog_per_replica)
+            most = size.max_replicas * size.target_backlog_per_replica
+            count = rng.randint(size.target_backlog_per_replica * 2, most)
             if ledger.all_done():
                 bursts.append(time.monotonic())
             harness.send_jobs(queue_url, ledger, count, "burst")
