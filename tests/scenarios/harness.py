@@ -2,15 +2,16 @@
 
 What runs, and how real each part is:
 
-* **AWS**: moto in server mode over real HTTP, served from a thread of this process (as moto's
-  ``ThreadedMotoServer`` does) so that the referee can see the exact moment an EC2 instance dies:
-  ``Instance.terminate`` is tapped, whatever asked for it (the operator's
+* **AWS**: moto in server mode over real HTTP, in its own process, with taps
+  (tests.scenarios.moto_tap) that report the exact moment an EC2 instance dies to the referee and
+  wait for it: ``Instance.terminate`` is tapped, whatever asked for it (the operator's
   ``TerminateInstanceInAutoScalingGroup``, a ``SetDesiredCapacity`` decrease, a completed
-  lifecycle action, a test terminating "from outside"), and who asked (each operator signs with
-  its own access key id; ``MotoInProcess.calls`` counts their writes). The operator, in its own process, and
-  every fake node talk to it over HTTP through boto3, as they would to AWS. The lifecycle-hook
-  simulation of ``framescale.local.moto_extensions`` is installed when it exists.
-* **Kubernetes**: the HTTP API emulator of tests/integration/operator (kmock plus what kopf needs).
+  lifecycle action, a test terminating "from outside"), with who asked (each operator signs with
+  its own access key id; ``MotoTapped.writes_by`` lists their writes). The operator and every fake
+  node talk to it over HTTP through boto3, as they would to AWS. The lifecycle-hook simulation of
+  ``framescale.local.moto_extensions`` is installed when it exists.
+* **Kubernetes**: the HTTP API emulator of tests/integration/operator (kmock plus what kopf needs),
+  in its own process.
 * **The operator**: ``python -m framescale_operator`` as a child process (``OperatorRun``).
 * **Nodes** (``Fleet``): one fake node per instance of the group, started when moto launches the
   instance (a Node object with the instance's providerID, then the worker), killed without a
@@ -28,10 +29,8 @@ explicit termination); a message completed twice, or never.
 from __future__ import annotations
 
 import contextlib
-import functools
-import io
+import http.server
 import json
-import logging
 import os
 import random
 import signal
@@ -41,6 +40,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -52,7 +52,8 @@ from framescale import aws, busy_lease, names
 from framescale.local.processes import free_port, http_ok
 from framescale.worker.gate import JobGate
 from tests.integration.operator.conftest import KubeClient, _kubeconfig
-from tests.integration.operator.kube_emulator import EmulatorThread
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Causes of a termination, as the tap names them (the outermost AWS call it happened in).
 BY_TERMINATE_IN_GROUP = "TerminateInstanceInAutoScalingGroup"  # a chosen instance
@@ -185,53 +186,61 @@ class Ledger:
                 out.write(json.dumps({"kind": "capacity", **change.__dict__}) + "\n")
 
 
-# ---------------------------------------------------------------------------- AWS, in this process
+# ---------------------------------------------------------------------------- AWS and Kubernetes
 
 
-class _Cause(threading.local):
-    """Per moto request thread: the AWS calls under way (outermost first) and who made them."""
-
-    stack: list[str]
-    caller: str
+class Referee:
+    """The HTTP endpoint moto's taps report to (tests.scenarios.moto_tap): each report is handled
+    before moto goes on, so a node is killed at the very moment its instance dies."""
 
     def __init__(self) -> None:
-        self.stack = []
-        self.caller = ""
-
-
-# The writes whose caller is counted (``MotoInProcess.calls``): what an operator that acts makes.
-WRITE_ACTIONS = frozenset(
-    {
-        "SetDesiredCapacity",
-        "UpdateAutoScalingGroup",
-        "TerminateInstanceInAutoScalingGroup",
-        "SetInstanceProtection",
-        "CompleteLifecycleAction",
-        "RecordLifecycleActionHeartbeat",
-        "ModifyInstanceAttribute",
-        "CreateTags",
-        "DeleteTags",
-        "TerminateInstances",
-    }
-)
-
-
-class MotoInProcess:
-    """moto's server on 127.0.0.1 in a thread of this process, with taps on instance deaths and
-    desired-capacity changes. ``on_terminate(instance_id, group, cause)`` runs in moto's request
-    thread, before the instance is marked terminated, and must not block."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.region = "us-east-1"
         self.on_terminate: list[Callable[[str, str | None, str, str], None]] = []
         self.on_capacity: list[Callable[[str, int, int], None]] = []
-        self.extensions: str | None = None  # what lifecycle simulation is installed, if any
-        self._cause = _Cause()
-        self.calls: list[tuple[str, str, float]] = []  # (caller, action, monotonic) of each write
-        self._calls_lock = threading.Lock()
-        self._server: Any = None
-        self._undo: list[Callable[[], None]] = []
+        referee = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                event = json.loads(self.rfile.read(length) or b"{}")
+                if self.path == "/terminated":
+                    for listener in list(referee.on_terminate):
+                        listener(event["instance_id"], event.get("group"), event["cause"], event.get("caller", ""))
+                elif self.path == "/capacity":
+                    for listener in list(referee.on_capacity):
+                        listener(event["group"], int(event["before"]), int(event["after"]))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return None
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, name="referee", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def start(self) -> Referee:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class MotoTapped:
+    """``python -m tests.scenarios.moto_tap``: moto's server with the referee's taps, in its own
+    process (AWS requests then never wait on the test process)."""
+
+    def __init__(self, referee: Referee, log_path: Path) -> None:
+        self.port = free_port()
+        self.region = "us-east-1"
+        self.referee = referee
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint_url(self) -> str:
@@ -248,132 +257,85 @@ class MotoInProcess:
             "AWS_REGION": self.region,
         }
 
-    def _wrap(self, owner: Any, name: str, make: Callable[[Any], Any]) -> None:
-        original = owner.__dict__[name]
-        setattr(owner, name, make(original))
-        self._undo.append(lambda: setattr(owner, name, original))
-
-    def _cause_of(self, original: Any, cause: str) -> Any:
-        tap = self
-
-        def wrapped(*args: Any, **kwargs: Any) -> Any:
-            tap._cause.stack.append(cause)
-            try:
-                return original(*args, **kwargs)
-            finally:
-                tap._cause.stack.pop()
-
-        return wrapped
-
-    def start(self) -> MotoInProcess:
-        from moto.autoscaling import models as autoscaling_models
-        from moto.ec2.models import instances as ec2_instances
-
-        try:  # the lifecycle-hook simulation (Terminating:Wait), where the local stack has it
-            from framescale.local import moto_extensions  # type: ignore[attr-defined]
-
-            install = getattr(moto_extensions, "install", None)
-            if install is not None:
-                install()
-                self.extensions = moto_extensions.__name__
-        except ImportError:
-            self.extensions = None
-
-        tap = self
-
-        def terminate(original: Any) -> Any:
-            def wrapped(instance: Any, *args: Any, **kwargs: Any) -> Any:
-                if getattr(instance, "_state", None) is None or instance._state.name not in ("terminated",):
-                    group = None
-                    for tag in instance.get_tags() if hasattr(instance, "get_tags") else []:
-                        if tag.get("key") == "aws:autoscaling:groupName":
-                            group = tag.get("value")
-                    group = group or getattr(getattr(instance, "autoscaling_group", None), "name", None)
-                    cause = tap._cause.stack[0] if tap._cause.stack else BY_EC2
-                    for listener in list(tap.on_terminate):
-                        listener(instance.id, group, cause, tap._cause.caller)
-                return original(instance, *args, **kwargs)
-
-            return wrapped
-
-        def desired(original: Any) -> Any:
-            def wrapped(group: Any, new_capacity: Any) -> Any:
-                before = int(getattr(group, "desired_capacity", None) or 0)
-                result = original(group, new_capacity)
-                after = int(group.desired_capacity or 0)
-                if after != before:
-                    for listener in list(tap.on_capacity):
-                        listener(group.name, before, after)
-                return result
-
-            return wrapped
-
-        backend = autoscaling_models.AutoScalingBackend
-        self._wrap(ec2_instances.Instance, "terminate", terminate)
-        self._wrap(autoscaling_models.FakeAutoScalingGroup, "set_desired_capacity", desired)
-        for method, cause in (
-            ("terminate_instance", BY_TERMINATE_IN_GROUP),
-            ("set_desired_capacity", BY_DESIRED_CAPACITY),
-            ("update_auto_scaling_group", BY_GROUP_UPDATE),
-            ("complete_lifecycle_action", BY_LIFECYCLE_COMPLETION),
-        ):
-            if method in backend.__dict__:
-                self._wrap(backend, method, functools.partial(self._cause_of, cause=cause))
-        from moto.moto_server.werkzeug_app import (
-            DomainDispatcherApplication,
-            MotoRequestHandler,
-            create_backend_app,
-        )
-        from werkzeug.serving import make_server
-
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
-        app = DomainDispatcherApplication(create_backend_app)
-        self._server = make_server(
-            "127.0.0.1", self.port, self._who_calls(app), threaded=True, request_handler=MotoRequestHandler
-        )
-        threading.Thread(target=self._server.serve_forever, name="moto", daemon=True).start()
-        deadline = time.monotonic() + 30
+    def start(self) -> MotoTapped:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.scenarios.moto_tap",
+                    "--port",
+                    str(self.port),
+                    "--referee",
+                    self.referee.url,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO_ROOT,
+                env={**os.environ, **self.client_env},
+            )
+        deadline = time.monotonic() + 60
         while not http_ok(f"{self.endpoint_url}/moto-api/data.json", timeout=2):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the in-process moto server did not answer")
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"moto did not start: {self.log_path.read_text(errors='replace')[-2000:]}")
             time.sleep(0.1)
         return self
 
-    def _who_calls(self, app: Any) -> Any:
-        """WSGI middleware: note the caller (the access key id it signed with) and the action of
-        every request, so that the taps and ``calls`` can say who did what."""
-        tap = self
+    def _get(self, path: str) -> Any:
+        with urllib.request.urlopen(f"{self.endpoint_url}{path}", timeout=10) as response:
+            return json.loads(response.read())
 
-        def middleware(environ: dict[str, Any], start_response: Any) -> Any:
-            authorization = environ.get("HTTP_AUTHORIZATION", "")
-            caller = authorization.partition("Credential=")[2].partition("/")[0] or "anonymous"
-            action = environ.get("HTTP_X_AMZ_TARGET", "").rpartition(".")[2]
-            if not action and environ.get("REQUEST_METHOD") == "POST":
-                length = int(environ.get("CONTENT_LENGTH") or 0)
-                body = environ["wsgi.input"].read(length) if length else b""
-                environ["wsgi.input"] = io.BytesIO(body)
-                for part in body.split(b"&"):
-                    if part.startswith(b"Action="):
-                        action = part[len(b"Action=") :].decode(errors="replace")
-            tap._cause.caller = caller
-            if action in WRITE_ACTIONS:
-                with tap._calls_lock:
-                    tap.calls.append((caller, action, time.monotonic()))
-            return app(environ, start_response)
-
-        return middleware
+    @property
+    def extensions(self) -> str | None:
+        """The lifecycle-hook simulation installed in moto, if the local stack has one."""
+        return self._get("/_tap/info").get("extensions")
 
     def writes_by(self, caller: str) -> list[str]:
-        """The Auto Scaling and EC2 write actions ``caller`` made."""
-        with self._calls_lock:
-            return [action for who, action, _ in self.calls if who == caller]
+        """The Auto Scaling and EC2 write actions signed with the access key id ``caller``."""
+        return [action for who, action, _ in self._get("/_tap/calls")["calls"] if who == caller]
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-        for undo in reversed(self._undo):
-            undo()
-        self._undo.clear()
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+class KubeEmulatorProcess:
+    """The Kubernetes API emulator (tests/integration/operator) in its own process."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def start(self) -> KubeEmulatorProcess:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "tests.scenarios.kube_server"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                cwd=REPO_ROOT,
+            )
+        assert self.process.stdout is not None
+        self.url = self.process.stdout.readline().decode().strip()
+        if not self.url.startswith("http"):
+            raise RuntimeError(f"the emulator did not start: {self.log_path.read_text(errors='replace')[-2000:]}")
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            assert self.process.stdin is not None
+            self.process.stdin.close()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
 
 
 # ---------------------------------------------------------------------------- a fake node
@@ -660,13 +622,12 @@ class Fleet:
     def __init__(
         self,
         *,
-        moto: MotoInProcess,
+        referee: Referee,
         kube: KubeClient,
         ledger: Ledger,
         timing: NodeTiming,
         seed: int = 7,
     ) -> None:
-        self.moto = moto
         self.kube = kube
         self.ledger = ledger
         self.timing = timing
@@ -678,8 +639,8 @@ class Fleet:
         self._stop = threading.Event()
         self._to_forget: list[str] = []
         self._thread = threading.Thread(target=self._run, name="fleet", daemon=True)
-        moto.on_terminate.append(self._terminated)
-        moto.on_capacity.append(self._capacity)
+        referee.on_terminate.append(self._terminated)
+        referee.on_capacity.append(self._capacity)
 
     def manage(self, group: str, *, namespace: str, pipeline: str, queue_url: str) -> None:
         with self._lock:
@@ -876,7 +837,7 @@ def autoscaling_spec_keys() -> set[str]:
 
 @dataclass
 class OperatorRun:
-    """``python -m framescale_operator`` against the emulator and the in-process moto."""
+    """``python -m framescale_operator`` against the emulator and moto."""
 
     kube_url: str
     aws_env: dict[str, str]
@@ -948,10 +909,10 @@ class OperatorRun:
 
 @dataclass
 class Stack:
-    """moto in process, the kube emulator, the referee and the fleet; operators started on demand."""
+    """moto (tapped), the kube emulator, the referee and the fleet; operators started on demand."""
 
-    moto: MotoInProcess
-    emulator: EmulatorThread
+    moto: MotoTapped
+    emulator: KubeEmulatorProcess
     kube: KubeClient
     ledger: Ledger
     fleet: Fleet
@@ -1011,13 +972,14 @@ def spec_keys() -> set[str]:
 def local_stack(workdir: Path, timing: NodeTiming | None = None, seed: int = 7) -> Iterator[Stack]:
     """Start everything; on exit stop the operators, the fleet, the emulator and moto, and leave
     the referee's record in ``workdir/ledger.jsonl``."""
-    moto = MotoInProcess().start()
+    referee = Referee().start()
+    moto = MotoTapped(referee, workdir / "moto.log").start()
     saved = {key: os.environ.get(key) for key in moto.client_env}
     os.environ.update(moto.client_env)
-    emulator = EmulatorThread().start()
+    emulator = KubeEmulatorProcess(workdir / "kube.log").start()
     kube = KubeClient(emulator.url)
     ledger = Ledger()
-    fleet = Fleet(moto=moto, kube=kube, ledger=ledger, timing=timing or NodeTiming(), seed=seed).start()
+    fleet = Fleet(referee=referee, kube=kube, ledger=ledger, timing=timing or NodeTiming(), seed=seed).start()
     stack = Stack(moto=moto, emulator=emulator, kube=kube, ledger=ledger, fleet=fleet, workdir=workdir)
     try:
         yield stack
@@ -1028,6 +990,7 @@ def local_stack(workdir: Path, timing: NodeTiming | None = None, seed: int = 7) 
         ledger.dump(workdir / "ledger.jsonl")
         emulator.stop()
         moto.stop()
+        referee.stop()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
