@@ -378,6 +378,7 @@ class FakeNode:
         pipeline: str,
         node_name: str,
         instance_id: str,
+        group: str,
         queue_url: str,
         ledger: Ledger,
         timing: NodeTiming,
@@ -388,6 +389,7 @@ class FakeNode:
         self.pipeline = pipeline
         self.node_name = node_name
         self.instance_id = instance_id
+        self.group = group
         self.queue_url = queue_url
         self.ledger = ledger
         self.timing = timing
@@ -678,6 +680,7 @@ class Fleet:
             node = self.nodes.get(instance_id)
             self.gone.add(instance_id)
         jobs = node.kill() if node is not None and node.alive else ()
+        group = group or (node.group if node is not None else None)
         if node is not None or group in self.groups:
             self.ledger.terminated(
                 Termination(
@@ -720,9 +723,15 @@ class Fleet:
                         known = instance_id in self.nodes or instance_id in self.gone
                     if known or instance["LifecycleState"] not in ("Pending", "InService"):
                         continue
-                    self._boot(instance_id, namespace=namespace, pipeline=pipeline, queue_url=queue_url)
+                    self._boot(
+                        instance_id,
+                        group=found["AutoScalingGroupName"],
+                        namespace=namespace,
+                        pipeline=pipeline,
+                        queue_url=queue_url,
+                    )
 
-    def _boot(self, instance_id: str, *, namespace: str, pipeline: str, queue_url: str) -> None:
+    def _boot(self, instance_id: str, *, group: str, namespace: str, pipeline: str, queue_url: str) -> None:
         node_name = f"node-{instance_id}"
         with contextlib.suppress(urllib.error.HTTPError):
             self.kube.create(
@@ -740,6 +749,7 @@ class Fleet:
             pipeline=pipeline,
             node_name=node_name,
             instance_id=instance_id,
+            group=group,
             queue_url=queue_url,
             ledger=self.ledger,
             timing=self.timing,

@@ -90,7 +90,8 @@ class Taps:
 
         def terminate(instance: Any, *args: Any, **kwargs: Any) -> Any:
             if instance._state.name != "terminated":
-                group = next(
+                # A detached instance has lost its group tag by now; moto keeps the group on it.
+                group = getattr(getattr(instance, "autoscaling_group", None), "name", None) or next(
                     (t.get("value") for t in instance.get_tags() if t.get("key") == "aws:autoscaling:groupName"), None
                 )
                 taps.report(
