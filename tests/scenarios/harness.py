@@ -346,7 +346,7 @@ class NodeTiming:
     """How a fake worker behaves: job lengths and the pause before taking the next job."""
 
     slots: int = 2
-    job_seconds: tuple[float, float] = (0.2, 1.5)
+    job_seconds: tuple[float, float] = (0.2, 1.2)
     pause_seconds: tuple[float, float] = (0.0, 1.5)
     lease_seconds: int = 6
     lease_check_seconds: float = 0.2  # how often the Lease is read for a drain request

@@ -23,8 +23,9 @@ from tests.scenarios import harness
 class ScenarioSize:
     scale_ins: int  # at least this many instances scaled in
     time_limit: float  # seconds of load before giving up
-    max_replicas: int = 8
-    target_backlog_per_replica: int = 2
+    max_replicas: int = 10
+    target_backlog_per_replica: int = 1
+    weights: tuple[int, int, int] = (5, 2, 3)  # burst, trickle, quiet
 
 
 @dataclass
@@ -98,7 +99,7 @@ def run(
         return len(ledger.scale_ins(group))
 
     while scale_ins() < size.scale_ins and time.monotonic() - started < size.time_limit:
-        kind = rng.choices(["burst", "trickle", "quiet"], weights=[4, 3, 2])[0]
+        kind = rng.choices(["burst", "trickle", "quiet"], weights=list(size.weights))[0]
         if kind == "burst":
             most = size.max_replicas * size.target_backlog_per_replica
             count = rng.randint(size.target_backlog_per_replica * 2, most)
@@ -106,7 +107,7 @@ def run(
                 bursts.append(time.monotonic())
             harness.send_jobs(queue_url, ledger, count, "burst")
             sent += count
-            time.sleep(rng.uniform(1.0, 4.0))
+            time.sleep(rng.uniform(1.0, 3.0))
         elif kind == "trickle":
             for _ in range(rng.randint(3, 8)):
                 count = rng.randint(1, 2)
@@ -119,7 +120,7 @@ def run(
                 time.sleep(0.1)
             if ledger.all_done():
                 quiet_from.append(time.monotonic())
-            time.sleep(rng.uniform(1.0, 5.0))
+            time.sleep(rng.uniform(1.0, 3.0))
         log(f"  t={time.monotonic() - started:5.0f}s  {kind:7s} sent={sent} scale-ins={scale_ins()}")
     # Let every job finish and the group come back to its minimum.
     deadline = time.monotonic() + 60
