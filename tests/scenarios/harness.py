@@ -172,8 +172,9 @@ class Ledger:
         with self.lock:
             return [t for t in self.terminations if t.group == group]
 
-    def all_done(self) -> bool:
-        return all(count >= 1 for count in self.done_counts().values())
+    def all_done(self, prefix: str = "") -> bool:
+        """Every message sent (whose job id starts with ``prefix``) was done at least once."""
+        return all(count >= 1 for job, count in self.done_counts().items() if job.startswith(prefix))
 
     def dump(self, path: Path) -> None:
         """The whole record as JSON Lines, for reading a failure after the fact."""

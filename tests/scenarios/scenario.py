@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ class ScenarioSize:
     max_replicas: int = 10
     target_backlog_per_replica: int = 1
     weights: tuple[int, int, int] = (5, 2, 3)  # burst, trickle, quiet
+    pipelines: int = 2  # each with its own group, queue and load, all at once
 
 
 @dataclass
@@ -73,6 +75,17 @@ def pipeline_settings(size: ScenarioSize) -> dict[str, Any]:
     }
 
 
+@dataclass
+class _Lane:
+    """One pipeline of the scenario and the load it gets."""
+
+    name: str
+    queue_url: str
+    group: str
+    rng: random.Random
+    sent: int = 0
+
+
 def run(
     stack: harness.Stack,
     size: ScenarioSize,
@@ -81,71 +94,96 @@ def run(
     log: Any = print,
     group_spec: harness.GroupSpec | None = None,
 ) -> ScenarioResult:
-    """One pipeline over a fresh queue and group, the operator already running in ``stack``."""
-    rng = random.Random(seed)
-    suffix = uuid.uuid4().hex[:6]
-    namespace, name = f"race-{suffix}", "detector"
-    queue_url = harness.make_queue(f"race-{suffix}")
-    group = harness.make_group(f"race-{suffix}", group_spec or harness.GroupSpec(max_size=size.max_replicas))
-    stack.fleet.manage(group, namespace=namespace, pipeline=name, queue_url=queue_url)
-    stack.pipeline(namespace=namespace, name=name, queue_url=queue_url, group=group, **pipeline_settings(size))
+    """``size.pipelines`` pipelines, each over a fresh queue and group and loaded by its own thread,
+    until their groups together scaled in ``size.scale_ins`` instances (the operator already runs
+    in ``stack``)."""
+    lanes = []
+    for number in range(size.pipelines):
+        suffix = uuid.uuid4().hex[:6]
+        namespace, name = f"race-{suffix}", "detector"
+        queue_url = harness.make_queue(f"race-{suffix}")
+        group = harness.make_group(f"race-{suffix}", group_spec or harness.GroupSpec(max_size=size.max_replicas))
+        stack.fleet.manage(group, namespace=namespace, pipeline=name, queue_url=queue_url)
+        stack.pipeline(namespace=namespace, name=name, queue_url=queue_url, group=group, **pipeline_settings(size))
+        lanes.append(_Lane(name=f"lane{number}", queue_url=queue_url, group=group, rng=random.Random(seed + number)))
     ledger = stack.ledger
-    bursts: list[float] = []  # send times of bursts onto an empty backlog
-    quiet_from: list[float] = []  # moments every job so far was done
+    groups = {lane.group for lane in lanes}
+    bursts: list[tuple[str, float]] = []  # (group, send time) of bursts onto an empty backlog
+    quiet_from: list[tuple[str, float]] = []  # (group, moment every job of its lane so far was done)
     started = time.monotonic()
-    sent = 0
 
     def scale_ins() -> int:
-        return len(ledger.scale_ins(group))
+        return sum(len(ledger.scale_ins(group)) for group in groups)
 
-    while scale_ins() < size.scale_ins and time.monotonic() - started < size.time_limit:
-        kind = rng.choices(["burst", "trickle", "quiet"], weights=list(size.weights))[0]
-        if kind == "burst":
-            most = size.max_replicas * size.target_backlog_per_replica
-            count = rng.randint(size.target_backlog_per_replica * 2, most)
-            if ledger.all_done():
-                bursts.append(time.monotonic())
-            harness.send_jobs(queue_url, ledger, count, "burst")
-            sent += count
-            time.sleep(rng.uniform(1.0, 3.0))
-        elif kind == "trickle":
-            for _ in range(rng.randint(3, 8)):
-                count = rng.randint(1, 2)
-                harness.send_jobs(queue_url, ledger, count, "trickle")
-                sent += count
-                time.sleep(rng.uniform(0.3, 1.2))
-        else:
-            deadline = time.monotonic() + 20
-            while not ledger.all_done() and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if ledger.all_done():
-                quiet_from.append(time.monotonic())
-            time.sleep(rng.uniform(1.0, 3.0))
-        log(f"  t={time.monotonic() - started:5.0f}s  {kind:7s} sent={sent} scale-ins={scale_ins()}")
-    # Let every job finish and the group come back to its minimum.
+    def going() -> bool:
+        return scale_ins() < size.scale_ins and time.monotonic() - started < size.time_limit
+
+    def drive(lane: _Lane) -> None:
+        rng, prefix = lane.rng, f"{lane.name}-"
+        while going():
+            kind = rng.choices(["burst", "trickle", "quiet"], weights=list(size.weights))[0]
+            if kind == "burst":
+                most = size.max_replicas * size.target_backlog_per_replica
+                count = rng.randint(size.target_backlog_per_replica * 2, most)
+                if ledger.all_done(prefix):
+                    bursts.append((lane.group, time.monotonic()))
+                harness.send_jobs(lane.queue_url, ledger, count, f"{prefix}burst")
+                lane.sent += count
+                time.sleep(rng.uniform(1.0, 3.0))
+            elif kind == "trickle":
+                for _ in range(rng.randint(3, 8)):
+                    count = rng.randint(1, 2)
+                    harness.send_jobs(lane.queue_url, ledger, count, f"{prefix}trickle")
+                    lane.sent += count
+                    time.sleep(rng.uniform(0.3, 1.2))
+            else:
+                deadline = time.monotonic() + 20
+                while not ledger.all_done(prefix) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                if ledger.all_done(prefix):
+                    quiet_from.append((lane.group, time.monotonic()))
+                time.sleep(rng.uniform(1.0, 3.0))
+            log(
+                f"  t={time.monotonic() - started:5.0f}s {lane.name} {kind:7s} sent={lane.sent} scale-ins={scale_ins()}"
+            )
+
+    threads = [threading.Thread(target=drive, args=(lane,), name=lane.name, daemon=True) for lane in lanes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # Let every job finish and the groups come back to their minimum.
     deadline = time.monotonic() + 60
     while not ledger.all_done() and time.monotonic() < deadline:
         time.sleep(0.2)
-    quiet_from.append(time.monotonic())
+    quiet_from.extend((group, time.monotonic()) for group in groups)
     deadline = time.monotonic() + 30
-    while harness.group_view(group)["DesiredCapacity"] > 0 and time.monotonic() < deadline:
+    while any(harness.group_view(g)["DesiredCapacity"] > 0 for g in groups) and time.monotonic() < deadline:
         time.sleep(0.2)
     seconds = time.monotonic() - started
     time.sleep(1.0)  # stragglers: a termination under way
-    return summarize(stack, group, sent=sent, seconds=seconds, bursts=bursts, quiet_from=quiet_from)
+    sent = sum(lane.sent for lane in lanes)
+    return summarize(stack, groups, sent=sent, seconds=seconds, bursts=bursts, quiet_from=quiet_from)
 
 
 def summarize(
-    stack: harness.Stack, group: str, *, sent: int, seconds: float, bursts: list[float], quiet_from: list[float]
+    stack: harness.Stack,
+    groups: set[str],
+    *,
+    sent: int,
+    seconds: float,
+    bursts: list[tuple[str, float]],
+    quiet_from: list[tuple[str, float]],
 ) -> ScenarioResult:
     ledger = stack.ledger
-    terminations = ledger.scale_ins(group)
-    changes = [change for change in ledger.capacity if change.group == group]
+    terminations = [t for group in sorted(groups) for t in ledger.scale_ins(group)]
+    with ledger.lock:
+        changes = sorted((c for c in ledger.capacity if c.group in groups), key=lambda c: c.at)
     causes: dict[str, int] = {}
     for termination in terminations:
         causes[termination.cause] = causes.get(termination.cause, 0) + 1
-    out_reaction = _reaction(bursts, [c.at for c in changes if c.after > c.before])
-    in_reaction = _reaction(quiet_from, [c.at for c in changes if c.after < c.before])
+    out_reaction = _reaction(bursts, [(c.group, c.at) for c in changes if c.after > c.before])
+    in_reaction = _reaction(quiet_from, [(c.group, c.at) for c in changes if c.after < c.before])
     answers: dict[str, int] = {}
     for node in list(stack.fleet.nodes.values()):
         for _, verdict, in_hand in node.drain_answers:
@@ -161,18 +199,19 @@ def summarize(
         seconds=seconds,
         scale_out_reaction=harness.spread(out_reaction),
         scale_in_reaction=harness.spread(in_reaction),
-        violations=ledger.violations({group}),
+        violations=ledger.violations(groups),
         handed_back=ledger.handed_back,
         lost_to_dead_receivers=ledger.lost_to_dead_receivers,
         drain_answers=answers,
     )
 
 
-def _reaction(starts: list[float], changes: list[float], within: float = 30.0) -> list[float]:
-    """For each start, seconds to the first change after it (none within ``within``: left out)."""
+def _reaction(starts: list[tuple[str, float]], changes: list[tuple[str, float]], within: float = 30.0) -> list[float]:
+    """For each (group, start), seconds to that group's first change after it (none within
+    ``within``: left out)."""
     out = []
-    for start in starts:
-        later = [at for at in changes if at >= start]
+    for group, start in starts:
+        later = sorted(at for changed, at in changes if changed == group and at >= start)
         if later and later[0] - start <= within:
             out.append(later[0] - start)
     return out
