@@ -17,8 +17,9 @@ What runs, and how real each part is:
   instance (a Node object with the instance's providerID, then the worker), killed without a
   word when moto terminates it (the worker's threads stop at their next step, nothing is handed
   back, its Lease just stops being renewed), and its Node deleted as the node controller would.
-  The fake node (``FakeNode``) speaks the Lease contract v2 of ``framescale.busy_lease`` with the
-  worker's own job-start fence (``framescale.worker.gate.JobGate``).
+  The fake node is the worker's own (``framescale.local.fake_node.FakeNode``): the worker's Lease
+  keeper (contract v2 of ``framescale.busy_lease``) and job-start fence (``JobGate``), with jobs
+  that sleep.
 
 The referee (``Ledger``) records every job (message, node, start, end) and every termination.
 A violation is: an instance terminated while a job was in hand on it; an instance that AWS chose
@@ -50,7 +51,6 @@ from typing import Any
 
 from framescale import aws, busy_lease, names
 from framescale.local.processes import free_port, http_ok
-from framescale.worker.gate import JobGate
 from tests.integration.operator.conftest import KubeClient, _kubeconfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -88,7 +88,9 @@ class Job:
     node: str
     started: float  # monotonic
     ended: float | None = None
-    outcome: str = "running"  # running | done | killed
+    # running | done | killed (cut by the machine's death, or "done" by a machine already dead)
+    # | handed_back (a clean stop) | failed (a delete or hand-back that did not go through)
+    outcome: str = "running"
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,7 @@ class Termination:
     group: str | None
     cause: str
     at: float  # monotonic
-    jobs_in_hand: tuple[str, ...]  # job ids the node had in hand when it died
+    jobs_in_hand: tuple[str, ...]  # the jobs the node had in hand when it died
     caller: str = ""  # the access key id of the request it happened in
 
 
@@ -110,31 +112,25 @@ class CapacityChange:
 
 
 class Ledger:
-    """Every job, termination and capacity change, with the checks that must come out zero."""
+    """Every job (read from the nodes' own records), termination and capacity change, with the
+    checks that must come out zero."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.jobs: list[Job] = []
+        self.nodes: list[Node] = []
         self.terminations: list[Termination] = []
         self.capacity: list[CapacityChange] = []
         self.sent: dict[str, float] = {}  # job id -> monotonic send time
-        self.handed_back = 0
-        self.lost_to_dead_receivers = 0  # received by a node that died before it could start
+        self.message_jobs: dict[str, str] = {}  # SQS message id -> job id
 
-    def send(self, job_id: str) -> None:
+    def register(self, node: Node) -> None:
+        with self.lock:
+            self.nodes.append(node)
+
+    def send(self, job_id: str, message_id: str) -> None:
         with self.lock:
             self.sent[job_id] = time.monotonic()
-
-    def start(self, job_id: str, message_id: str, node: str) -> Job:
-        job = Job(job_id=job_id, message_id=message_id, node=node, started=time.monotonic())
-        with self.lock:
-            self.jobs.append(job)
-        return job
-
-    def finish(self, job: Job, outcome: str) -> None:
-        with self.lock:
-            if job.outcome == "running":
-                job.outcome, job.ended = outcome, time.monotonic()
+            self.message_jobs[message_id] = job_id
 
     def terminated(self, termination: Termination) -> None:
         with self.lock:
@@ -144,26 +140,38 @@ class Ledger:
         with self.lock:
             self.capacity.append(change)
 
+    def jobs(self) -> list[Job]:
+        """Every job any node started, as its record says, judged against the node's death: a job
+        still running, or "done", when or after its machine died was killed."""
+        with self.lock:
+            nodes, message_jobs = list(self.nodes), dict(self.message_jobs)
+        out = []
+        for node in nodes:
+            for job in node.jobs():
+                job.job_id = message_jobs.get(job.message_id, job.message_id)
+                out.append(job)
+        return out
+
     # The checks.
-    def done_counts(self) -> dict[str, int]:
+    def done_counts(self, jobs: list[Job] | None = None) -> dict[str, int]:
         with self.lock:
             counts = dict.fromkeys(self.sent, 0)
-            for job in self.jobs:
-                if job.outcome == "done":
-                    counts[job.job_id] = counts.get(job.job_id, 0) + 1
+        for job in self.jobs() if jobs is None else jobs:
+            if job.outcome == "done":
+                counts[job.job_id] = counts.get(job.job_id, 0) + 1
         return counts
 
     def violations(self, groups: set[str] | None = None) -> dict[str, list[Any]]:
         """What must be empty: busy terminations, AWS-chosen victims, killed jobs, jobs done twice
         or not at all."""
-        counts = self.done_counts()
+        jobs = self.jobs()
+        counts = self.done_counts(jobs)
         with self.lock:
             terminations = [t for t in self.terminations if groups is None or t.group in groups]
-            killed = [job.job_id for job in self.jobs if job.outcome == "killed"]
         return {
             "terminated_with_a_job": [t for t in terminations if t.jobs_in_hand],
             "aws_chose_the_victim": [t for t in terminations if t.cause in AWS_CHOSE],
-            "jobs_killed": killed,
+            "jobs_killed": [job.job_id for job in jobs if job.outcome == "killed"],
             "done_more_than_once": sorted(job for job, count in counts.items() if count > 1),
             "never_done": sorted(job for job, count in counts.items() if count == 0),
         }
@@ -178,13 +186,17 @@ class Ledger:
 
     def dump(self, path: Path) -> None:
         """The whole record as JSON Lines, for reading a failure after the fact."""
+        jobs = self.jobs()
         with self.lock, path.open("w") as out:
-            for job in self.jobs:
+            for job in jobs:
                 out.write(json.dumps({"kind": "job", **job.__dict__}) + "\n")
             for termination in self.terminations:
                 out.write(json.dumps({"kind": "termination", **termination.__dict__}) + "\n")
             for change in self.capacity:
                 out.write(json.dumps({"kind": "capacity", **change.__dict__}) + "\n")
+            for node in self.nodes:
+                for event in node.fake.events:
+                    out.write(json.dumps({"kind": "node-event", **event}) + "\n")
 
 
 # ---------------------------------------------------------------------------- AWS and Kubernetes
@@ -337,6 +349,8 @@ class KubeEmulatorProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
+        if self.process is not None and self.process.stdout is not None:
+            self.process.stdout.close()
 
 
 # ---------------------------------------------------------------------------- a fake node
@@ -344,275 +358,106 @@ class KubeEmulatorProcess:
 
 @dataclass
 class NodeTiming:
-    """How a fake worker behaves: job lengths and the pause before taking the next job."""
+    """How the fake workers behave (framescale.local.fake_node)."""
 
     slots: int = 2
     job_seconds: tuple[float, float] = (0.2, 1.2)
-    pause_seconds: tuple[float, float] = (0.0, 1.5)
-    lease_seconds: int = 6
-    lease_check_seconds: float = 0.2  # how often the Lease is read for a drain request
+    lease_seconds: float = 6.0
+    lease_poll_seconds: float = 0.2  # how often the keeper reads its Lease for a drain request
     receive_wait_seconds: int = 1  # long poll
-    boot_seconds: tuple[float, float] = (0.0, 0.5)
+    visibility_seconds: int = 20
+    boot_seconds: tuple[float, float] = (0.0, 0.5)  # from launch to the worker starting
     clock_offset: timedelta = timedelta(0)  # the node's wall clock against the true time
-    require_admission: bool = True
 
 
-class NodeKilled(Exception):
-    """The node's machine is gone: stop at once, write nothing."""
-
-
-class FakeNode:
-    """A node's worker: the Lease keeper (contract v2) and ``slots`` job slots behind the fence.
-
-    The keeper renews the node Lease every third of its duration, busy or idle, with the worker's
-    state in it; it opens the gate only while the Lease is admitted, carries no drain request and
-    was renewed recently (on this node's monotonic clock). On a drain request it fences every slot
-    (``JobGate.close``) and answers with ``busy_lease.respond_to_drain``. A slot whose long poll
-    returns a message after the fence shut hands it back at once. ``kill`` is the machine dying.
-    """
+class Node:
+    """One instance's node: its Node object and the worker's own fake node on it
+    (``framescale.local.fake_node.FakeNode``: the real Lease keeper and job-start fence, jobs
+    that sleep), and when it died."""
 
     def __init__(
         self,
         *,
-        kube: KubeClient,
-        namespace: str,
-        pipeline: str,
+        fake: Any,
         node_name: str,
         instance_id: str,
         group: str,
-        queue_url: str,
-        ledger: Ledger,
-        timing: NodeTiming,
-        seed: int,
+        namespace: str,
     ) -> None:
-        self.kube = kube
-        self.namespace = namespace
-        self.pipeline = pipeline
+        self.fake = fake
         self.node_name = node_name
         self.instance_id = instance_id
         self.group = group
-        self.queue_url = queue_url
-        self.ledger = ledger
-        self.timing = timing
-        self.random = random.Random(seed)
-        self.gate = JobGate.for_threads(timing.slots)
+        self.namespace = namespace
         self.lease_name = busy_lease.lease_name(node_name)
-        self.holder = f"{node_name}-{uuid.uuid4().hex[:6]}"
-        self._killed = threading.Event()
-        self._stopping = threading.Event()
-        self._wake = threading.Event()
-        self._lock = threading.Lock()
-        self._in_hand: dict[int, Job] = {}
-        self._threads: list[threading.Thread] = []
-        self.drain_answers: list[tuple[str, str, int]] = []  # (token, verdict, jobs in hand then)
-
-    # -- life
-    def start(self) -> FakeNode:
-        self._threads = [threading.Thread(target=self._keeper, name=f"keeper-{self.node_name}", daemon=True)]
-        self._threads += [
-            threading.Thread(target=self._slot, args=(slot,), name=f"slot{slot}-{self.node_name}", daemon=True)
-            for slot in range(self.timing.slots)
-        ]
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def kill(self) -> tuple[str, ...]:
-        """The machine dies now; returns the jobs it had in hand (each one is killed)."""
-        with self._lock:
-            self._killed.set()
-            self.gate.shut()
-            jobs = list(self._in_hand.values())
-            self._in_hand.clear()
-        for job in jobs:
-            self.ledger.finish(job, "killed")
-        self._wake.set()
-        return tuple(job.job_id for job in jobs)
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """A clean stop (SIGTERM): no new job; what is in hand finishes."""
-        self._stopping.set()
-        self.gate.shut()
-        self._wake.set()
-        for thread in self._threads:
-            thread.join(timeout=timeout)
+        self.died_at: float | None = None
+        self._killer: threading.Thread | None = None
 
     @property
     def alive(self) -> bool:
-        return not self._killed.is_set()
+        return self.died_at is None
 
     def jobs_in_hand(self) -> int:
-        with self._lock:
-            return len(self._in_hand)
+        return int(self.fake.jobs_in_hand()) if self.alive else 0
 
-    def _check(self) -> None:
-        if self._killed.is_set():
-            raise NodeKilled
+    def kill(self) -> tuple[str, ...]:
+        """The machine dies now: fence the slots (``JobGate.close`` counts exactly the jobs in hand
+        at this instant; none can start after it), note the time, and stop the fake node's threads
+        in the background (its ``kill`` waits for them, and moto is waiting on this call)."""
+        fenced = self.fake.gate.close()
+        in_hand = fenced if fenced is not None else self.fake.gate.jobs_in_hand()
+        self.died_at = time.monotonic()
+        running = [job.message_id for job in self.jobs() if job.outcome == "killed" and job.ended is None]
+        self._killer = threading.Thread(target=self.fake.kill, name=f"kill-{self.node_name}", daemon=True)
+        self._killer.start()
+        running += ["(started, not yet recorded)"] * max(0, in_hand - len(running))
+        return tuple(running[: max(in_hand, len(running))]) if in_hand else ()
 
-    def _sleep(self, seconds: float) -> None:
-        if self._killed.wait(seconds):
-            raise NodeKilled
+    def stop(self) -> None:
+        if self.alive:
+            self.kill()
+        if self._killer is not None:
+            self._killer.join(timeout=15)
 
-    # -- the Lease keeper
-    def _write(self, state: busy_lease.WorkerState, reply: busy_lease.DrainReply | None) -> None:
-        body = busy_lease.worker_patch(
-            node_name=self.node_name,
-            namespace=self.namespace,
-            holder=self.holder,
-            duration_seconds=self.timing.lease_seconds,
-            now=datetime.now(UTC) + self.timing.clock_offset,
-            active_jobs=self.gate.jobs_in_hand(),
-            state=state,
-            pipeline=self.pipeline,
-            drain_reply=reply,
-        )
-        self._check()
-        path = self.kube.lease_path(self.namespace, self.lease_name)
-        try:
-            self.kube.merge_patch(
-                path,
-                {
-                    "metadata": {"labels": body["metadata"]["labels"], "annotations": body["metadata"]["annotations"]},
-                    "spec": body["spec"],
-                },
-            )
-        except urllib.error.HTTPError as error:
-            if error.code != 404:
-                raise
-            self.kube.create(self.kube.lease_path(self.namespace), body)
-
-    def _read(self) -> busy_lease.LeaseRecord | None:
-        self._check()
-        found = self.kube.maybe_get(self.kube.lease_path(self.namespace, self.lease_name))
-        return busy_lease.parse_lease(found) if found else None
-
-    def _keeper(self) -> None:
-        with contextlib.suppress(NodeKilled):
-            self._sleep(self.random.uniform(*self.timing.boot_seconds))
-            self._keep()
-
-    def _keep(self) -> None:
-        timing = self.timing
-        renew_every = timing.lease_seconds / 3.0
-        margin = 1.0
-        renewed_at = -1e9  # monotonic, when the last successful write was sent
-        written: tuple[Any, ...] | None = None
-        answered: str | None = None  # the token last answered
-        fenced_for: str | None = None
-        state = busy_lease.WorkerState.STARTING
-        reply: busy_lease.DrainReply | None = None
-        while True:
-            self._check()
-            try:
-                record = self._read()
-            except (urllib.error.URLError, OSError):
-                record = None
-            token = record.drain_request if record else None
-            if self._stopping.is_set():
-                state = busy_lease.WorkerState.STOPPING
-            elif token:
-                if fenced_for != token:
-                    if self.gate.close() is None:
-                        self._sleep(0.05)
-                        continue
-                    fenced_for = token
-                if answered != token or state == busy_lease.WorkerState.BUSY:
-                    in_hand = self.gate.jobs_in_hand()
-                    verdict = busy_lease.respond_to_drain(record.drain_mode, in_hand)  # type: ignore[union-attr]
-                    if verdict is not None:
-                        reply = busy_lease.DrainReply(token, verdict)
-                        answered = token
-                        self.drain_answers.append((token, verdict.value, in_hand))
-                        if verdict == busy_lease.DrainVerdict.DRAINED:
-                            state = busy_lease.WorkerState.DRAINED
-                        else:  # refused: it goes on working as before
-                            state = busy_lease.WorkerState.BUSY
-                    else:
-                        state = busy_lease.WorkerState.BUSY  # finishing what it has
-            else:
-                fenced_for = answered = None
-                state = busy_lease.WorkerState.BUSY if self.gate.jobs_in_hand() else busy_lease.WorkerState.IDLE
-            if state not in (busy_lease.WorkerState.DRAINED, busy_lease.WorkerState.STOPPING) and state in (
-                busy_lease.WorkerState.IDLE,
-                busy_lease.WorkerState.BUSY,
-            ):
-                state = busy_lease.WorkerState.BUSY if self.gate.jobs_in_hand() else busy_lease.WorkerState.IDLE
-            now = time.monotonic()
-            wanted = (state, self.gate.jobs_in_hand(), reply)
-            if wanted != written or now - renewed_at >= renew_every:
-                sent_at = time.monotonic()
-                try:
-                    self._write(state, reply)
-                    renewed_at, written = sent_at, wanted
-                except (urllib.error.URLError, OSError):
-                    pass
-            admitted = record is not None and (record.admitted_by or not timing.require_admission)
-            may_open = (
-                admitted
-                and not self._stopping.is_set()
-                and (
-                    token is None
-                    or (answered == token and reply is not None and reply.verdict == busy_lease.DrainVerdict.REFUSED)
+    def jobs(self) -> list[Job]:
+        """This node's jobs from its own record, judged against its death."""
+        died = self.died_at
+        jobs: dict[tuple[str, float], Job] = {}
+        for event in list(self.fake.events):
+            kind = event.get("event")
+            if kind == "job_started":
+                key = (event["message_id"], event["monotonic"])
+                jobs[key] = Job(
+                    job_id=event["message_id"],
+                    message_id=event["message_id"],
+                    node=self.node_name,
+                    started=event["monotonic"],
                 )
-            )
-            with self._lock:
-                self._check()
-                if may_open:
-                    self.gate.open(until=renewed_at + timing.lease_seconds - margin)
-                else:
-                    self.gate.shut()
-            self._wake.wait(timing.lease_check_seconds)
-            self._wake.clear()
-
-    # -- a job slot
-    def _slot(self, slot: int) -> None:
-        with contextlib.suppress(NodeKilled):
-            self._work(slot)
-
-    def _work(self, slot: int) -> None:
-        sqs = client("sqs")
-        gate = self.gate.slot(slot)
-        timing = self.timing
-        while not self._stopping.is_set():
-            self._check()
-            if not gate.is_open():
-                self._sleep(0.1)
-                continue
-            response = sqs.receive_message(
-                QueueUrl=self.queue_url, MaxNumberOfMessages=1, WaitTimeSeconds=timing.receive_wait_seconds
-            )
-            if self._killed.is_set():
-                if response.get("Messages"):
-                    with self.ledger.lock:
-                        self.ledger.lost_to_dead_receivers += 1
-                raise NodeKilled
-            for message in response.get("Messages", []):
-                job_id = json.loads(message["Body"]).get("job_id", message["MessageId"])
-                with self._lock:
-                    started = not self._killed.is_set() and gate.try_start()
-                    job = self.ledger.start(job_id, message["MessageId"], self.node_name) if started else None
-                    if job is not None:
-                        self._in_hand[slot] = job
+            elif kind == "job_ended":
+                key = (event["message_id"], event["started_monotonic"])
+                job = jobs.get(key)
                 if job is None:
-                    self._check()
-                    sqs.change_message_visibility(
-                        QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
-                    )
-                    with self.ledger.lock:
-                        self.ledger.handed_back += 1
                     continue
-                self._wake.set()  # the keeper writes "busy" right after the job is taken
-                self._sleep(self.random.uniform(*timing.job_seconds))
-                self._check()
-                sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
-                with self._lock:
-                    if self._killed.is_set():  # died while the delete was on its way: counted killed
-                        raise NodeKilled
-                    self._in_hand.pop(slot, None)
-                    gate.finish()
-                self.ledger.finish(job, "done")
-                self._wake.set()
-                self._sleep(self.random.uniform(*timing.pause_seconds))
+                job.ended = event["monotonic"]
+                outcome = event.get("outcome", "")
+                job.outcome = {"done": "done", "killed": "killed", "handed_back": "handed_back"}.get(outcome, "failed")
+        for job in jobs.values():
+            if died is not None and (job.ended is None or (job.ended >= died and job.outcome == "done")):
+                job.outcome = "killed"  # the machine was gone before this job was settled
+                if job.ended is not None and job.ended >= died:
+                    job.ended = died
+        return sorted(jobs.values(), key=lambda job: job.started)
+
+    def drain_answers(self) -> list[tuple[str, str, int]]:
+        return [
+            (e["token"], e["verdict"], int(e["jobs_in_hand"]))
+            for e in list(self.fake.events)
+            if e.get("event") == "drain_answered"
+        ]
+
+    def fenced(self) -> int:
+        """Messages a long poll returned after the fence shut, handed back at once."""
+        return sum(1 for e in list(self.fake.events) if e.get("event") == "fenced")
 
 
 # ---------------------------------------------------------------------------- the fleet
@@ -629,14 +474,16 @@ class Fleet:
         kube: KubeClient,
         ledger: Ledger,
         timing: NodeTiming,
+        kubeconfig: Path,
         seed: int = 7,
     ) -> None:
         self.kube = kube
+        self.kubeconfig = kubeconfig
         self.ledger = ledger
         self.timing = timing
         self.random = random.Random(seed)
         self.groups: dict[str, tuple[str, str, str]] = {}  # group -> (namespace, pipeline, queue url)
-        self.nodes: dict[str, FakeNode] = {}  # instance id -> its node
+        self.nodes: dict[str, Node] = {}  # instance id -> its node
         self.gone: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -659,19 +506,15 @@ class Fleet:
         with self._lock:
             nodes = list(self.nodes.values())
         for node in nodes:
-            node.kill()
+            node.stop()
 
-    def node(self, instance_id: str) -> FakeNode | None:
+    def node(self, instance_id: str) -> Node | None:
         with self._lock:
             return self.nodes.get(instance_id)
 
-    def live_nodes(self, group: str | None = None) -> list[FakeNode]:
+    def live_nodes(self, group: str | None = None) -> list[Node]:
         with self._lock:
-            return [
-                node
-                for node in self.nodes.values()
-                if node.alive and (group is None or self.groups.get(group, ("",))[0] == node.namespace)
-            ]
+            return [node for node in self.nodes.values() if node.alive and (group is None or node.group == group)]
 
     # moto's request threads call these two.
     def _terminated(self, instance_id: str, group: str | None, cause: str, caller: str) -> None:
@@ -680,7 +523,9 @@ class Fleet:
                 return  # a second termination of a dead instance (moto allows it) is no new death
             node = self.nodes.get(instance_id)
             self.gone.add(instance_id)
-        jobs = node.kill() if node is not None and node.alive else ()
+        killed = node.kill() if node is not None and node.alive else ()
+        with self.ledger.lock:
+            jobs = tuple(self.ledger.message_jobs.get(message, message) for message in killed)
         group = group or (node.group if node is not None else None)
         if node is not None or group in self.groups:
             self.ledger.terminated(
@@ -744,23 +589,45 @@ class Fleet:
                     "spec": {"providerID": f"aws:///us-east-1a/{instance_id}"},
                 },
             )
-        node = FakeNode(
-            kube=self.kube,
-            namespace=namespace,
-            pipeline=pipeline,
-            node_name=node_name,
-            instance_id=instance_id,
-            group=group,
-            queue_url=queue_url,
-            ledger=self.ledger,
-            timing=self.timing,
-            seed=self.random.randrange(1 << 30),
+        from framescale.local.fake_node import FakeNode, FakeNodeConfig
+
+        timing = self.timing
+        fake = FakeNode(
+            FakeNodeConfig(
+                node_name=node_name,
+                queue_url=queue_url,
+                namespace=namespace,
+                pipeline=pipeline,
+                kubeconfig=str(self.kubeconfig),
+                slots=timing.slots,
+                job_seconds=timing.job_seconds,
+                lease_duration_seconds=timing.lease_seconds,
+                lease_poll_seconds=timing.lease_poll_seconds,
+                wait_seconds=timing.receive_wait_seconds,
+                visibility_seconds=timing.visibility_seconds,
+                seed=self.random.randrange(1 << 30),
+            ),
+            sqs=client("sqs"),
         )
+        if timing.clock_offset:
+            offset = timing.clock_offset
+            fake.keeper.wall = lambda: datetime.now(UTC) + offset  # what the node's clock says
+        node = Node(fake=fake, node_name=node_name, instance_id=instance_id, group=group, namespace=namespace)
         with self._lock:
             if instance_id in self.gone:
                 return
             self.nodes[instance_id] = node
-        node.start()
+        self.ledger.register(node)
+
+        def boot() -> None:
+            with self._lock:
+                if instance_id in self.gone:
+                    return
+            fake.start()
+
+        timer = threading.Timer(self.random.uniform(*timing.boot_seconds), boot)
+        timer.daemon = True
+        timer.start()
 
 
 # ---------------------------------------------------------------------------- AWS resources
@@ -813,19 +680,21 @@ def make_group(name: str, spec: GroupSpec | None = None) -> str:
 
 
 def send_jobs(queue_url: str, ledger: Ledger, count: int, prefix: str) -> list[str]:
+    """Send ``count`` job messages (bodies carry a job id the referee follows)."""
     sqs = client("sqs")
     ids = [f"{prefix}-{uuid.uuid4().hex[:10]}" for _ in range(count)]
     for start in range(0, count, 10):
         batch = ids[start : start + 10]
-        for job_id in batch:
-            ledger.send(job_id)
-        sqs.send_message_batch(
+        response = sqs.send_message_batch(
             QueueUrl=queue_url,
             Entries=[
                 {"Id": str(n), "MessageBody": json.dumps({"video": f"s3://scenario/{job_id}.mp4", "job_id": job_id})}
                 for n, job_id in enumerate(batch)
             ],
         )
+        assert not response.get("Failed"), response["Failed"]
+        for entry in response["Successful"]:
+            ledger.send(batch[int(entry["Id"])], entry["MessageId"])
     return ids
 
 
@@ -990,7 +859,10 @@ def local_stack(workdir: Path, timing: NodeTiming | None = None, seed: int = 7) 
     emulator = KubeEmulatorProcess(workdir / "kube.log").start()
     kube = KubeClient(emulator.url)
     ledger = Ledger()
-    fleet = Fleet(referee=referee, kube=kube, ledger=ledger, timing=timing or NodeTiming(), seed=seed).start()
+    kubeconfig = _kubeconfig(workdir / "fake-nodes.kubeconfig", emulator.url)
+    fleet = Fleet(
+        referee=referee, kube=kube, ledger=ledger, timing=timing or NodeTiming(), kubeconfig=kubeconfig, seed=seed
+    ).start()
     stack = Stack(moto=moto, emulator=emulator, kube=kube, ledger=ledger, fleet=fleet, workdir=workdir)
     try:
         yield stack

@@ -41,7 +41,7 @@ class ScenarioResult:
     scale_in_reaction: dict[str, Any]
     violations: dict[str, list[Any]]
     handed_back: int
-    lost_to_dead_receivers: int
+    nodes: int
     drain_answers: dict[str, int]
 
     def as_dict(self) -> dict[str, Any]:
@@ -54,7 +54,7 @@ class ScenarioResult:
             "backlog_to_capacity_seconds": {"scale_out": self.scale_out_reaction, "scale_in": self.scale_in_reaction},
             "violations": {key: len(value) for key, value in self.violations.items()},
             "messages_handed_back_after_the_fence": self.handed_back,
-            "messages_received_by_a_dying_node": self.lost_to_dead_receivers,
+            "nodes_started": self.nodes,
             "drain_answers": self.drain_answers,
         }
 
@@ -185,12 +185,12 @@ def summarize(
     out_reaction = _reaction(bursts, [(c.group, c.at) for c in changes if c.after > c.before])
     in_reaction = _reaction(quiet_from, [(c.group, c.at) for c in changes if c.after < c.before])
     answers: dict[str, int] = {}
-    for node in list(stack.fleet.nodes.values()):
-        for _, verdict, in_hand in node.drain_answers:
+    nodes = [node for node in list(stack.fleet.nodes.values()) if node.group in groups]
+    for node in nodes:
+        for _, verdict, in_hand in node.drain_answers():
             key = verdict if verdict != "drained" or in_hand == 0 else "drained-with-a-job"
             answers[key] = answers.get(key, 0) + 1
-    with ledger.lock:
-        jobs = len(ledger.jobs)
+    jobs = sum(1 for job in ledger.jobs() if job.node in {node.node_name for node in nodes})
     return ScenarioResult(
         scale_ins=len(terminations),
         causes=causes,
@@ -200,8 +200,8 @@ def summarize(
         scale_out_reaction=harness.spread(out_reaction),
         scale_in_reaction=harness.spread(in_reaction),
         violations=ledger.violations(groups),
-        handed_back=ledger.handed_back,
-        lost_to_dead_receivers=ledger.lost_to_dead_receivers,
+        handed_back=sum(node.fenced() for node in nodes),
+        nodes=len(nodes),
         drain_answers=answers,
     )
 

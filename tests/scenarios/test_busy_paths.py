@@ -21,7 +21,7 @@ from tests.scenarios import harness, scenario
 pytestmark = [pytest.mark.integration, pytest.mark.operator, pytest.mark.slow]
 
 WAIT = 60.0
-SLOW_JOBS = harness.NodeTiming(slots=1, job_seconds=(8.0, 8.0), pause_seconds=(0.0, 0.0), boot_seconds=(0.0, 0.0))
+SLOW_JOBS = harness.NodeTiming(slots=1, job_seconds=(8.0, 8.0), boot_seconds=(0.0, 0.0))
 
 
 @dataclass
@@ -154,7 +154,7 @@ def test_an_outside_termination_waits_for_a_busy_node_to_drain_and_lets_an_idle_
     assert busy.alive, "the busy node went with the idle one"
     assert busy.instance_id in [h["instanceId"] for h in world.status().get("lifecycleHolds", [])] or busy.alive
     wait_for(lambda: not busy.alive, "the busy node gone once drained", timeout=WAIT)
-    (done,) = [j for j in stack.ledger.jobs if j.job_id == job]
+    (done,) = [j for j in stack.ledger.jobs() if j.job_id == job]
     (gone,) = [t for t in stack.ledger.terminations if t.instance_id == busy.instance_id]
     assert done.outcome == "done" and done.ended is not None
     assert gone.at >= done.ended, "terminated before its job ended"

@@ -14,7 +14,7 @@ from tests.scenarios import harness
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-LONG_JOBS = harness.NodeTiming(slots=1, job_seconds=(4.0, 4.0), pause_seconds=(0.0, 0.0), boot_seconds=(0.0, 0.0))
+LONG_JOBS = harness.NodeTiming(slots=1, job_seconds=(4.0, 4.0), boot_seconds=(0.0, 0.0))
 
 
 def _admit_all(stack: harness.Stack, namespace: str) -> int:
@@ -90,11 +90,11 @@ def test_a_node_answers_a_drain_drained_only_when_idle_and_takes_nothing_after(s
     wait_for(ledger.all_done, "the job done")
 
     harness.send_jobs(queue, ledger, 1, "after-drain")
-    wait_for(lambda: len(ledger.jobs) == 2, "the second job taken")
+    wait_for(lambda: len(ledger.jobs()) == 2, "the second job taken")
     wait_for(ledger.all_done, "the second job done")
     stack.kube.merge_patch(lease, busy_lease.drain_request_patch("t2", "handshake/p"))
     wait_for(lambda: busy_lease.parse_lease(stack.kube.get(lease)).drained_for("t2"), "drained")  # type: ignore[union-attr]
     harness.send_jobs(queue, ledger, 2, "while-drained")
     time.sleep(3)
-    assert len(ledger.jobs) == 2, "a drained node started a job"
-    assert all(in_hand == 0 for _, verdict, in_hand in node.drain_answers if verdict == "drained")
+    assert len(ledger.jobs()) == 2, "a drained node started a job"
+    assert all(in_hand == 0 for _, verdict, in_hand in node.drain_answers() if verdict == "drained")
