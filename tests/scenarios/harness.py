@@ -61,6 +61,7 @@ BY_DESIRED_CAPACITY = "SetDesiredCapacity"  # AWS chose the victim
 BY_GROUP_UPDATE = "UpdateAutoScalingGroup"  # AWS chose the victim too
 BY_LIFECYCLE_COMPLETION = "CompleteLifecycleAction"
 BY_EC2 = "TerminateInstances"  # someone terminated the instance through EC2 directly
+BY_HOOK_TIMEOUT = "LifecycleTimeout"  # a held termination whose hook timed out
 AWS_CHOSE = (BY_DESIRED_CAPACITY, BY_GROUP_UPDATE)
 
 
@@ -104,6 +105,17 @@ class Termination:
 
 
 @dataclass(frozen=True)
+class Hold:
+    """An instance put in Terminating:Wait by the lifecycle hook (the simulation's), and why."""
+
+    instance_id: str
+    group: str | None
+    cause: str
+    at: float
+    caller: str = ""
+
+
+@dataclass(frozen=True)
 class CapacityChange:
     group: str
     before: int
@@ -119,6 +131,7 @@ class Ledger:
         self.lock = threading.Lock()
         self.nodes: list[Node] = []
         self.terminations: list[Termination] = []
+        self.holds: list[Hold] = []
         self.capacity: list[CapacityChange] = []
         self.sent: dict[str, float] = {}  # job id -> monotonic send time
         self.message_jobs: dict[str, str] = {}  # SQS message id -> job id
@@ -135,6 +148,10 @@ class Ledger:
     def terminated(self, termination: Termination) -> None:
         with self.lock:
             self.terminations.append(termination)
+
+    def held(self, hold: Hold) -> None:
+        with self.lock:
+            self.holds.append(hold)
 
     def capacity_changed(self, change: CapacityChange) -> None:
         with self.lock:
@@ -168,9 +185,11 @@ class Ledger:
         counts = self.done_counts(jobs)
         with self.lock:
             terminations = [t for t in self.terminations if groups is None or t.group in groups]
+            holds = [h for h in self.holds if groups is None or h.group in groups]
         return {
             "terminated_with_a_job": [t for t in terminations if t.jobs_in_hand],
-            "aws_chose_the_victim": [t for t in terminations if t.cause in AWS_CHOSE],
+            # Chosen by AWS: terminated at once, or put on hold by the hook, in a capacity decrease.
+            "aws_chose_the_victim": [t for t in [*terminations, *holds] if t.cause in AWS_CHOSE],
             "jobs_killed": [job.job_id for job in jobs if job.outcome == "killed"],
             "done_more_than_once": sorted(job for job, count in counts.items() if count > 1),
             "never_done": sorted(job for job, count in counts.items() if count == 0),
@@ -209,6 +228,7 @@ class Referee:
     def __init__(self) -> None:
         self.on_terminate: list[Callable[[str, str | None, str, str], None]] = []
         self.on_capacity: list[Callable[[str, int, int], None]] = []
+        self.on_hold: list[Callable[[str, str | None, str, str], None]] = []
         referee = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -217,6 +237,9 @@ class Referee:
                 event = json.loads(self.rfile.read(length) or b"{}")
                 if self.path == "/terminated":
                     for listener in list(referee.on_terminate):
+                        listener(event["instance_id"], event.get("group"), event["cause"], event.get("caller", ""))
+                elif self.path == "/held":
+                    for listener in list(referee.on_hold):
                         listener(event["instance_id"], event.get("group"), event["cause"], event.get("caller", ""))
                 elif self.path == "/capacity":
                     for listener in list(referee.on_capacity):
@@ -491,6 +514,7 @@ class Fleet:
         self._thread = threading.Thread(target=self._run, name="fleet", daemon=True)
         referee.on_terminate.append(self._terminated)
         referee.on_capacity.append(self._capacity)
+        referee.on_hold.append(self._held)
 
     def manage(self, group: str, *, namespace: str, pipeline: str, queue_url: str) -> None:
         with self._lock:
@@ -541,6 +565,12 @@ class Fleet:
         if node is not None:
             with self._lock:
                 self._to_forget.append(node.node_name)
+
+    def _held(self, instance_id: str, group: str | None, cause: str, caller: str) -> None:
+        if group in self.groups:
+            self.ledger.held(
+                Hold(instance_id=instance_id, group=group, cause=cause, at=time.monotonic(), caller=caller)
+            )
 
     def _capacity(self, group: str, before: int, after: int) -> None:
         if group in self.groups:

@@ -7,9 +7,12 @@ its own so that AWS requests do not wait on the test process. Three taps:
 * every EC2 instance death (``Instance.terminate``, whatever asked for it) is reported to the
   referee *before* the instance is marked terminated, and the request waits for the referee's
   answer: the referee kills the fake node there and then, and notes the jobs it had in hand. The
-  report names the outermost AWS call it happened in (``TerminateInstanceInAutoScalingGroup``,
-  ``SetDesiredCapacity`` — AWS chose the victim —, ``CompleteLifecycleAction``, EC2's
-  ``TerminateInstances``...) and the caller (the access key id it was signed with);
+  report names the outermost Auto Scaling call it happened in (``TerminateInstanceInAutoScalingGroup``,
+  ``SetDesiredCapacity`` — AWS chose the victim —, ...), else the request's action
+  (``CompleteLifecycleAction``, EC2's ``TerminateInstances``), else ``LifecycleTimeout`` (the
+  simulation's own thread), and the caller (the access key id it was signed with);
+* with the lifecycle-hook simulation, every instance put in ``Terminating:Wait`` is reported the
+  same way (``held``): who chose it is known there, not when the hold ends;
 * every change of a group's desired capacity is reported the same way (for reaction times);
 * every Auto Scaling or EC2 write is listed with its caller: ``GET /_tap/calls``.
 
@@ -53,15 +56,24 @@ CAUSES = {
     "update_auto_scaling_group": "UpdateAutoScalingGroup",
     "complete_lifecycle_action": "CompleteLifecycleAction",
 }
-DEFAULT_CAUSE = "TerminateInstances"
+
+
+BACKGROUND = "LifecycleTimeout"  # no request: the simulation's own thread (a hook's timeout)
 
 
 class _Request(threading.local):
-    """Per request thread: the backend calls under way (outermost first) and who made the request."""
+    """Per request thread: the backend calls under way (outermost first), the request's action
+    and who made it."""
 
     def __init__(self) -> None:
         self.causes: list[str] = []
+        self.action = ""
         self.caller = ""
+
+    def cause(self) -> str:
+        if self.causes:
+            return self.causes[0]
+        return self.action or BACKGROUND
 
 
 class Taps:
@@ -99,13 +111,32 @@ class Taps:
                     {
                         "instance_id": instance.id,
                         "group": group,
-                        "cause": taps.request.causes[0] if taps.request.causes else DEFAULT_CAUSE,
+                        "cause": taps.request.cause(),
                         "caller": taps.request.caller,
                     },
                 )
             return original_terminate(instance, *args, **kwargs)
 
         ec2_instances.Instance.terminate = terminate  # type: ignore[method-assign]
+        if self.extensions is not None:  # a termination put on hold: who chose this instance
+            from framescale.local import moto_extensions as simulation  # type: ignore[attr-defined]
+
+            begin = getattr(simulation, "begin_termination", None)
+            if begin is not None:
+
+                def held(group: Any, state: Any, *args: Any, **kwargs: Any) -> Any:
+                    taps.report(
+                        "held",
+                        {
+                            "instance_id": state.instance.id,
+                            "group": group.name,
+                            "cause": taps.request.cause(),
+                            "caller": taps.request.caller,
+                        },
+                    )
+                    return begin(group, state, *args, **kwargs)
+
+                simulation.begin_termination = held
         backend = autoscaling_models.AutoScalingBackend
         for method, cause in CAUSES.items():
             if method in backend.__dict__:
@@ -154,7 +185,7 @@ class Taps:
                 for part in raw.split(b"&"):
                     if part.startswith(b"Action="):
                         action = part[len(b"Action=") :].decode(errors="replace")
-            taps.request.caller = caller
+            taps.request.caller, taps.request.action = caller, action
             if action in WRITE_ACTIONS:
                 with taps.calls_lock:
                     taps.calls.append((caller, action, time.monotonic()))
