@@ -152,7 +152,12 @@ def test_an_outside_termination_waits_for_a_busy_node_to_drain_and_lets_an_idle_
         )
     wait_for(lambda: not idle.alive, "the idle node gone", timeout=20)
     assert busy.alive, "the busy node went with the idle one"
-    assert busy.instance_id in [h["instanceId"] for h in world.status().get("lifecycleHolds", [])] or busy.alive
+    wait_for(
+        lambda: busy.instance_id in [h.get("instanceId") for h in world.status().get("lifecycleHolds", [])],
+        "the hold shown in status",
+        timeout=20,
+    )
+    assert busy.alive and busy.jobs_in_hand(), "the busy node went before its job was done"
     wait_for(lambda: not busy.alive, "the busy node gone once drained", timeout=WAIT)
     (done,) = [j for j in stack.ledger.jobs() if j.job_id == job]
     (gone,) = [t for t in stack.ledger.terminations if t.instance_id == busy.instance_id]
