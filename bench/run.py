@@ -169,7 +169,7 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
             "run_to_first_receive_seconds": worker_image["run_to_first_receive_seconds"]["median"],
         }
     race = report.get("scale_in_race", {})
-    if race:
+    if race and "skipped" not in race:
         out["scale_in_race"] = {
             "scale_ins": race["scale_ins"],
             "violations": sum(race["violations"].values()),

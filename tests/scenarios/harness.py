@@ -734,6 +734,14 @@ def group_view(group: str) -> dict[str, Any]:
     )
 
 
+def operator_drains_before_terminating() -> bool:
+    """Whether the operator under test has the drain handshake (its pass planned as steps);
+    scenarios that need it wait for it rather than fail against the earlier operator."""
+    import importlib.util
+
+    return importlib.util.find_spec("framescale_operator.plan") is not None
+
+
 def autoscaling_spec_keys() -> set[str]:
     """The spec.autoscaling fields the operator under test knows (camelCase), so a scenario can
     set a stabilization window only where one exists."""

@@ -18,7 +18,7 @@ from framescale import busy_lease, names
 from tests.integration.operator.conftest import wait_for
 from tests.scenarios import harness, scenario
 
-pytestmark = [pytest.mark.integration, pytest.mark.operator, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.operator, pytest.mark.slow, pytest.mark.needs_handshake]
 
 WAIT = 60.0
 SLOW_JOBS = harness.NodeTiming(slots=1, job_seconds=(8.0, 8.0), boot_seconds=(0.0, 0.0))

@@ -18,7 +18,7 @@ import pytest
 
 from tests.scenarios import harness, scenario
 
-pytestmark = [pytest.mark.integration, pytest.mark.operator, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.operator, pytest.mark.slow, pytest.mark.needs_handshake]
 
 
 def _run(stack: harness.Stack, size: scenario.ScenarioSize, out: Path, seed: int) -> scenario.ScenarioResult:
