@@ -191,7 +191,14 @@ class Ledger:
             # Chosen by AWS: terminated at once, or put on hold by the hook, in a capacity decrease.
             "aws_chose_the_victim": [t for t in [*terminations, *holds] if t.cause in AWS_CHOSE],
             "jobs_killed": [job.job_id for job in jobs if job.outcome == "killed"],
-            "done_more_than_once": sorted(job for job, count in counts.items() if count > 1),
+            "done_more_than_once": [
+                f"{job_id}: "
+                + "; ".join(
+                    f"{j.node} {j.started:.1f}-{j.ended or 0:.1f} {j.outcome}" for j in jobs if j.job_id == job_id
+                )
+                for job_id, count in sorted(counts.items())
+                if count > 1
+            ],
             "never_done": sorted(job for job, count in counts.items() if count == 0),
         }
 
@@ -414,6 +421,8 @@ class Node:
         self.namespace = namespace
         self.lease_name = busy_lease.lease_name(node_name)
         self.died_at: float | None = None
+        self.started = False
+        self._lock = threading.Lock()  # boot and death of the machine do not interleave
         self._killer: threading.Thread | None = None
 
     @property
@@ -427,14 +436,25 @@ class Node:
         """The machine dies now: fence the slots (``JobGate.close`` counts exactly the jobs in hand
         at this instant; none can start after it), note the time, and stop the fake node's threads
         in the background (its ``kill`` waits for them, and moto is waiting on this call)."""
-        fenced = self.fake.gate.close()
-        in_hand = fenced if fenced is not None else self.fake.gate.jobs_in_hand()
-        self.died_at = time.monotonic()
+        with self._lock:
+            fenced = self.fake.gate.close()
+            in_hand = fenced if fenced is not None else self.fake.gate.jobs_in_hand()
+            self.died_at = time.monotonic()
+            started = self.started
         running = [job.message_id for job in self.jobs() if job.outcome == "killed" and job.ended is None]
-        self._killer = threading.Thread(target=self.fake.kill, name=f"kill-{self.node_name}", daemon=True)
-        self._killer.start()
+        if started:  # a node that never booted has nothing to stop
+            self._killer = threading.Thread(target=self.fake.kill, name=f"kill-{self.node_name}", daemon=True)
+            self._killer.start()
         running += ["(started, not yet recorded)"] * max(0, in_hand - len(running))
         return tuple(running[: max(in_hand, len(running))]) if in_hand else ()
+
+    def boot(self) -> None:
+        """The machine finished booting: its worker starts (unless it died first)."""
+        with self._lock:
+            if self.died_at is not None:
+                return
+            self.started = True
+            self.fake.start()
 
     def stop(self) -> None:
         if self.alive:
@@ -649,13 +669,7 @@ class Fleet:
             self.nodes[instance_id] = node
         self.ledger.register(node)
 
-        def boot() -> None:
-            with self._lock:
-                if instance_id in self.gone:
-                    return
-            fake.start()
-
-        timer = threading.Timer(self.random.uniform(*timing.boot_seconds), boot)
+        timer = threading.Timer(self.random.uniform(*timing.boot_seconds), node.boot)
         timer.daemon = True
         timer.start()
 
