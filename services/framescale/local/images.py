@@ -51,7 +51,7 @@ DEBIAN_RUNTIME = "localhost/framescale-runtime:bookworm-slim-1"
 DEBIAN_SUITE = "bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 DEBIAN_PACKAGES = ("python3", "python3-venv", "ca-certificates")
-APT_PACKAGES = {"podman": ("podman", "buildah", "runc"), "debootstrap": ("debootstrap",)}
+APT_PACKAGES = {"podman": ("podman", "buildah", "runc"), "debootstrap": ("debootstrap",), "strip": ("binutils",)}
 DOCKER_HUB = "https://registry-1.docker.io/v2/"
 # Container rlimits may not exceed the host's (runc refuses to raise them): podman's defaults
 # (nofile 1048576) are cut to the host's soft limits, and nproc to this at most.
@@ -499,6 +499,10 @@ def strip_wheels(folder: Path) -> None:
     ships its Cython modules unstripped: 31 MB in the image that are 6 MB stripped. Needs
     binutils' strip on the host; without it the wheels are kept as they are."""
     strip = shutil.which("strip")
+    if strip is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        # Without it the worker image would miss its size budget by the symbols (25 MB).
+        _apt_install(APT_PACKAGES["strip"])
+        strip = shutil.which("strip")
     if strip is None:
         log("strip (binutils) not found: the wheels keep their debug symbols")
         return
