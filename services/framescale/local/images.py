@@ -675,7 +675,10 @@ def build_image(engine: Engine, spec: ImageSpec, base: Base, cache: Path, labels
         log(f"{spec.reference} is up to date")
     else:
         log(f"building {spec.reference}")
-        engine.run(*argv, str(context))
+        try:
+            engine.run(*argv, str(context))
+        except ImageError:
+            raise ImageError(f"building {spec.reference} failed (the {engine.kind} output above says where)") from None
         records[spec.name] = {"key": key, "id": engine.image_id(spec.reference)}
         records_path.write_text(json.dumps(records, indent=1))
     seconds = time.monotonic() - started
