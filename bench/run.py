@@ -274,13 +274,35 @@ def run(models_dir: Path, out: Path, *, quick: bool, inputs_dir: Path) -> int:
     return 0
 
 
+def run_images_only(models_dir: Path, out: Path) -> int:
+    """The images section alone, merged into the report at ``out`` (its other sections kept):
+    `make bench-images`, for when the images changed and the rest did not."""
+    report: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {"schema_version": 1}
+    report.get("errors", {}).pop("images", None)
+    with (
+        tempfile.TemporaryDirectory(prefix="framescale-bench-") as scratch,
+        stack.running(models_dir, Path(scratch)) as bench,
+    ):
+        _section(report, "images", lambda: image_bench.run(bench, log=_say))
+    if not report.get("errors"):
+        report.pop("errors", None)
+    report["headline"] = headline(report)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    _say(f"wrote the images section into {out}")
+    return 1 if "images" in report.get("errors", {}) else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description="Run framescale's benchmarks.")
     parser.add_argument("--models", type=Path, default=Path("models"), help="exported SavedModels (make models)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/latest.json"))
     parser.add_argument("--quick", action="store_true", help="tiny inputs, one round each: checks the machinery")
     parser.add_argument("--inputs", type=Path, default=inputs.INPUTS_DIR, help="cache of generated input videos")
+    parser.add_argument("--images-only", action="store_true", help="only the images section, merged into --out")
     args = parser.parse_args(argv)
+    if args.images_only:
+        return run_images_only(args.models, args.out)
     return run(args.models, args.out, quick=args.quick, inputs_dir=args.inputs)
 
 
