@@ -95,6 +95,10 @@ crd: $(DEPS_STAMP) ## Regenerate the VideoPipeline CRD (charts/framescale/files/
 bench: setup ## Run the benchmarks and the capacity simulator (bench/results/latest.json)
 	$(PY) -m bench.run --models $(MODELS_DIR) --out bench/results/latest.json
 
+.PHONY: bench-images
+bench-images: setup ## Only the images section of the benchmarks (sizes, container start), into latest.json
+	$(PY) -m bench.run --models $(MODELS_DIR) --out bench/results/latest.json --images-only
+
 .PHONY: lint
 lint: $(DEPS_STAMP) ## Report problems (ruff, mypy, import contracts, cfn-lint); changes nothing
 	$(BIN)/ruff check .

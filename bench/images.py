@@ -52,7 +52,8 @@ def _first_receive_seconds(engine: images.Engine, bench: BenchStack, image: str,
     try:
         deadline = started + 120
         while time.perf_counter() < deadline:
-            if local_stack.queue_depth(sqs, stack.queue_url)[1] >= 1:
+            # Any change from (1 visible, 0 in flight): received (a bad job may settle in ms).
+            if local_stack.queue_depth(sqs, stack.queue_url) != (1, 0):
                 return round(time.perf_counter() - started, 2)
             if process.poll() is not None:
                 raise RuntimeError(f"the worker container exited with {process.returncode} before receiving")

@@ -209,3 +209,29 @@ def run(*, trials: int, seed: int = 5, log: Any = print) -> dict[str, Any]:
         },
         "reference_over_framescale": round(stats.median(reference) / stats.median(measured), 2),
     }
+
+
+def run_over_the_real_stack(*, scale_ins: int, time_limit: float, log: Any = print) -> dict[str, Any]:
+    """The racing scale-in scenario (tests/scenarios): the operator as a process, moto and the
+    Kubernetes API emulator over HTTP, the worker's own fake node on every instance. Reaction is
+    measured from a burst onto an empty backlog to the group's first capacity increase, and from
+    the moment every job was done to its first decrease (which includes the stabilization window
+    and the drain handshake); the referee's violation counts come with it."""
+    import tempfile
+    from pathlib import Path
+
+    from tests.scenarios import harness, scenario
+
+    if not harness.operator_drains_before_terminating():
+        return {"skipped": "the operator has no drain handshake yet (framescale_operator.plan)"}
+    size = scenario.ScenarioSize(scale_ins=scale_ins, time_limit=time_limit)
+    with tempfile.TemporaryDirectory(prefix="bench-race-") as workdir, harness.local_stack(Path(workdir)) as stack:
+        stack.operator()
+        result = scenario.run(stack, size, log=log)
+    figures = result.as_dict()
+    figures["how"] = (
+        "measured: operator process + moto server + Kubernetes API emulator, fake worker nodes on the worker's "
+        f"Lease keeper and job fence; {size.pipelines} pipelines at once, poll 1 s, no cooldowns, "
+        "1 s scale-in stabilization"
+    )
+    return figures

@@ -42,6 +42,8 @@ class Plan:
     memory_sample_fps: float
     worker_rounds: int
     reaction_trials: int
+    race_scale_ins: int  # the real-stack racing scale-in scenario: scale-ins wanted, and a time limit
+    race_seconds: float
     traces: tuple[Path, ...]
 
 
@@ -58,6 +60,8 @@ FULL = Plan(
     memory_sample_fps=FPS,
     worker_rounds=3,
     reaction_trials=5,
+    race_scale_ins=200,
+    race_seconds=600.0,
     traces=tuple(traces.shipped_paths()),
 )
 QUICK = Plan(
@@ -72,6 +76,8 @@ QUICK = Plan(
     memory_sample_fps=FPS,
     worker_rounds=1,
     reaction_trials=1,
+    race_scale_ins=5,
+    race_seconds=60.0,
     traces=tuple(traces.shipped_paths()),
 )
 
@@ -162,6 +168,14 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
             "within_300_mb_budget": worker_image["within_budget"],
             "run_to_first_receive_seconds": worker_image["run_to_first_receive_seconds"]["median"],
         }
+    race = report.get("scale_in_race", {})
+    if race and "skipped" not in race:
+        out["scale_in_race"] = {
+            "scale_ins": race["scale_ins"],
+            "violations": sum(race["violations"].values()),
+            "scale_out_reaction_seconds": race["backlog_to_capacity_seconds"]["scale_out"],
+            "scale_in_reaction_seconds": race["backlog_to_capacity_seconds"]["scale_in"],
+        }
     react = report.get("reaction", {})
     if react:
         out["reaction_seconds"] = {
@@ -242,6 +256,11 @@ def run(models_dir: Path, out: Path, *, quick: bool, inputs_dir: Path) -> int:
             _section(report, "reaction", lambda: reaction.run(trials=plan.reaction_trials, log=_say))
             if not quick:  # builds the images (cached) and runs containers: not a smoke test's work
                 _section(report, "images", lambda: image_bench.run(bench, log=_say))
+    _section(
+        report,
+        "scale_in_race",
+        lambda: reaction.run_over_the_real_stack(scale_ins=plan.race_scale_ins, time_limit=plan.race_seconds, log=_say),
+    )
 
     report["headline"] = headline(report)
     report["machine"]["load_average_at_end"] = procfs.load_average()
@@ -255,13 +274,35 @@ def run(models_dir: Path, out: Path, *, quick: bool, inputs_dir: Path) -> int:
     return 0
 
 
+def run_images_only(models_dir: Path, out: Path) -> int:
+    """The images section alone, merged into the report at ``out`` (its other sections kept):
+    `make bench-images`, for when the images changed and the rest did not."""
+    report: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {"schema_version": 1}
+    report.get("errors", {}).pop("images", None)
+    with (
+        tempfile.TemporaryDirectory(prefix="framescale-bench-") as scratch,
+        stack.running(models_dir, Path(scratch)) as bench,
+    ):
+        _section(report, "images", lambda: image_bench.run(bench, log=_say))
+    if not report.get("errors"):
+        report.pop("errors", None)
+    report["headline"] = headline(report)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    _say(f"wrote the images section into {out}")
+    return 1 if "images" in report.get("errors", {}) else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description="Run framescale's benchmarks.")
     parser.add_argument("--models", type=Path, default=Path("models"), help="exported SavedModels (make models)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/latest.json"))
     parser.add_argument("--quick", action="store_true", help="tiny inputs, one round each: checks the machinery")
     parser.add_argument("--inputs", type=Path, default=inputs.INPUTS_DIR, help="cache of generated input videos")
+    parser.add_argument("--images-only", action="store_true", help="only the images section, merged into --out")
     args = parser.parse_args(argv)
+    if args.images_only:
+        return run_images_only(args.models, args.out)
     return run(args.models, args.out, quick=args.quick, inputs_dir=args.inputs)
 
 

@@ -15,6 +15,8 @@
   decided count is mirrored into ``spec.replicas``, conditional on the version read.
 * deletion drains the pipeline's nodes and releases each once drained; busy ones stay
   protected until they drain, up to a bound (hence a finalizer, retried until then).
+* leader election (``leader``): only the replica holding the leader Lease runs passes and
+  releases; the others keep their watches and indexes warm and write nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import os
+import socket
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -30,10 +34,17 @@ from typing import Any
 import kopf
 
 from framescale import busy_lease, names
-from framescale_operator import metrics, models, protection, reconcile, scale_mode, scheduling
+from framescale_operator import leader, metrics, models, protection, reconcile, scale_mode, scheduling
 from framescale_operator import plan as plan_
 from framescale_operator.aws_actuators import AwsActuator
-from framescale_operator.kube import KubeConflict, KubeError, LeaseAnnotator, NodeAnnotator, PipelineWriter
+from framescale_operator.kube import (
+    KubeConflict,
+    KubeError,
+    LeaseAnnotator,
+    LeaseClient,
+    NodeAnnotator,
+    PipelineWriter,
+)
 from framescale_operator.settings import OperatorSettings, load
 
 log = logging.getLogger(__name__)
@@ -62,6 +73,18 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     memo.nodes_api = NodeAnnotator()
     memo.leases_api = LeaseAnnotator()
     memo.pipelines_api = PipelineWriter(*RESOURCE)
+    memo.election = None
+    if config.leader_election:
+        identity = config.leader_identity or f"{socket.gethostname()}-{os.getpid()}"
+        memo.election = leader.LeaderElection(
+            LeaseClient(),
+            namespace=config.leader_lease_namespace,
+            name=config.leader_lease_name,
+            identity=identity,
+            lease_duration=config.leader_lease_duration_seconds,
+            renew_deadline=config.leader_renew_deadline_seconds,
+            retry_period=config.leader_retry_period_seconds,
+        ).start()
     memo.liveness = busy_lease.LeaseLiveness()
     memo.idle = reconcile.IdleSince()
     memo.metrics_server = None
@@ -75,6 +98,10 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.cleanup()
 def stop(memo: kopf.Memo, **_: Any) -> None:
+    election: leader.LeaderElection | None = memo.get("election")
+    if election is not None:
+        election.stop()  # releases the Lease: the other replica takes over at its next try
+        election.api.close()  # type: ignore[attr-defined]
     for key in ("aws", "nodes_api", "leases_api", "pipelines_api"):
         resource = memo.get(key)
         if resource is not None:
@@ -166,6 +193,12 @@ def nodes(body: kopf.Body, name: str | None, **_: Any) -> dict[str, protection.N
     return {name or "": protection.NodeRecord.from_body(body)}
 
 
+def _acting(memo: kopf.Memo) -> bool:
+    """This replica may act: it holds the leader Lease, or leader election is off."""
+    election: leader.LeaderElection | None = memo.get("election")
+    return election is None or election.is_leader()
+
+
 def _lease_namespace(config: OperatorSettings, namespace: str) -> str:
     return config.lease_namespace or namespace
 
@@ -254,6 +287,8 @@ async def tick(
     memo: kopf.Memo,
     **kwargs: Any,
 ) -> None:
+    if not _acting(memo):
+        return  # a standby replica: no AWS call, no write
     if meta.get("deletionTimestamp"):
         return  # the deletion handler drains and releases
     namespace = namespace or ""
@@ -353,6 +388,12 @@ async def release(
     namespace = namespace or ""
     config: OperatorSettings = memo.settings
     ref = reconcile.PipelineRef(namespace=namespace, name=name)
+    # A standby replica waits (writing nothing, so kopf records no retry) until it leads, or until
+    # the leader has released the pipeline and the object is gone.
+    while not _acting(memo):
+        if not await asyncio.to_thread(memo.pipelines_api.exists, namespace, name):
+            return
+        await asyncio.sleep(config.leader_retry_period_seconds)
     now = datetime.now(UTC)
     deleting_since = busy_lease.parse_time(meta.get("deletionTimestamp")) or now
     snapshot = _snapshot(

@@ -8,6 +8,7 @@ way kopf logs in, and closed on clean-up.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Protocol
 
 from kubernetes import client
@@ -15,6 +16,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from framescale import kubeconfig
+from framescale_operator.leader import Conflict
 
 MERGE_PATCH = "application/merge-patch+json"
 RETRYABLE_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
@@ -108,6 +110,57 @@ class PipelineWriter:
         except HTTPError as error:
             raise KubeRetryable("PatchVideoPipeline", None, str(error)) from error
         return dict(result) if isinstance(result, dict) else {}
+
+    def exists(self, namespace: str, name: str) -> bool:
+        """Whether the pipeline is still there (a read; errors count as "still there")."""
+        try:
+            self.custom.get_namespaced_custom_object(
+                self.group, self.version, namespace, self.plural, name, _preload_content=False
+            )
+        except ApiException as error:
+            return error.status != 404
+        except HTTPError:
+            return True
+        return True
+
+
+class LeaseClient:
+    """``leader.LeaseApi`` over the official client, with plain dicts (no model round trip)."""
+
+    def __init__(self, api_client: client.ApiClient | None = None) -> None:
+        self.api_client = api_client or load_api_client()
+        self.coordination = client.CoordinationV1Api(self.api_client)
+
+    def close(self) -> None:
+        self.api_client.close()
+
+    def read(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            response = self.coordination.read_namespaced_lease(name, namespace, _preload_content=False)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise KubeError("ReadLease", error.status, str(error.reason)) from error
+        loaded = json.loads(response.data or b"{}")
+        return loaded if isinstance(loaded, dict) else None
+
+    def create(self, namespace: str, body: dict[str, Any]) -> None:
+        try:
+            self.coordination.create_namespaced_lease(namespace, body, _preload_content=False)
+        except ApiException as error:
+            if error.status == 409:
+                raise Conflict(str(error.reason)) from error
+            raise KubeError("CreateLease", error.status, str(error.reason)) from error
+
+    def patch(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        try:
+            self.coordination.patch_namespaced_lease(
+                name, namespace, patch, _content_type=MERGE_PATCH, _preload_content=False
+            )
+        except ApiException as error:
+            if error.status in (404, 409):  # changed, or deleted, since it was read
+                raise Conflict(str(error.reason)) from error
+            raise KubeError("PatchLease", error.status, str(error.reason)) from error
 
 
 class LeaseApi(Protocol):

@@ -7,9 +7,9 @@ and its credential chain itself.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from framescale.settings import ComponentSettings, load_settings
@@ -68,6 +68,42 @@ class OperatorSettings(ComponentSettings):
             "Run without kopf peering (one operator replica). Set false only with the KopfPeering resources installed."
         ),
     )
+    leader_election: bool = Field(
+        default=True,
+        description=(
+            "Elect one acting replica through a coordination.k8s.io Lease (leader.py); the others "
+            "watch and stand by. False: this process always acts (run exactly one replica)."
+        ),
+    )
+    leader_lease_name: str = Field(
+        default="framescale-operator-leader", min_length=1, max_length=253, description="Name of the leader Lease."
+    )
+    leader_lease_namespace: str = Field(
+        default="default",
+        min_length=1,
+        max_length=63,
+        description="Namespace of the leader Lease (the chart sets the operator's own namespace).",
+    )
+    leader_identity: str = Field(
+        default="",
+        max_length=253,
+        description=(
+            "This replica's holder identity in the Lease (the chart sets the pod name). "
+            "Empty: host name and process id."
+        ),
+    )
+    leader_lease_duration_seconds: int = Field(
+        default=15, ge=2, le=300, description="How long a leader's Lease lasts unless renewed (client-go's default)."
+    )
+    leader_renew_deadline_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="A leader that could not renew for this long stops acting; below the Lease duration.",
+    )
+    leader_retry_period_seconds: float = Field(
+        default=2.0, gt=0, le=60, description="Seconds between attempts to acquire or renew the Lease."
+    )
     aws_max_attempts: int = Field(
         default=5,
         ge=1,
@@ -120,6 +156,18 @@ class OperatorSettings(ComponentSettings):
             "busy nodes then keep their protection (a Warning Event names them)."
         ),
     )
+
+    @model_validator(mode="after")
+    def _leader_timing(self) -> Self:
+        if not (
+            self.leader_retry_period_seconds < self.leader_renew_deadline_seconds < self.leader_lease_duration_seconds
+        ):
+            raise ValueError(
+                "leader election needs LEADER_RETRY_PERIOD_SECONDS < LEADER_RENEW_DEADLINE_SECONDS < "
+                f"LEADER_LEASE_DURATION_SECONDS (got {self.leader_retry_period_seconds}, "
+                f"{self.leader_renew_deadline_seconds}, {self.leader_lease_duration_seconds})"
+            )
+        return self
 
     @field_validator("namespaces", mode="before")
     @classmethod

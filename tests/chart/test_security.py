@@ -108,6 +108,7 @@ def test_operator_rbac_is_exactly_what_it_uses(helm: Helm) -> None:
         ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
     }
     assert rules_as_set(rendered.one("ClusterRole", name)) == {
+        ("framescale.io", "videopipelines", "get"),  # a standby's deletion handler: is it gone yet
         ("framescale.io", "videopipelines", "list"),
         ("framescale.io", "videopipelines", "watch"),
         ("framescale.io", "videopipelines", "patch"),
@@ -318,11 +319,26 @@ def test_probes_reach_the_health_endpoints(rendered: Rendered) -> None:
 
 
 def test_operator_is_leader_safe(rendered: Rendered) -> None:
+    """Two replicas by default, one leader elected through a Lease the chart lets it hold."""
     (deployment,) = rendered.of_kind("Deployment")
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
-    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["FRAMESCALE_OPERATOR_STANDALONE"] == "true"
+    assert env["FRAMESCALE_OPERATOR_LEADER_ELECTION"] == "true"
+    lease = env["FRAMESCALE_OPERATOR_LEADER_LEASE_NAME"]
+    identity = next(e for e in container["env"] if e["name"] == "FRAMESCALE_OPERATOR_LEADER_IDENTITY")
+    assert identity["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    (budget,) = rendered.of_kind("PodDisruptionBudget")
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert budget["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    role = next(r for r in rendered.of_kind("Role") if r["metadata"]["name"].endswith("-operator-leader"))
+    assert role["metadata"]["namespace"] == env["FRAMESCALE_OPERATOR_LEADER_LEASE_NAMESPACE"]
+    named = next(rule for rule in role["rules"] if rule.get("resourceNames"))
+    assert named["resourceNames"] == [lease] and set(named["verbs"]) == {"get", "update", "patch"}
+    binding = next(b for b in rendered.of_kind("RoleBinding") if b["metadata"]["name"].endswith("-operator-leader"))
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
 
 
 def readme_policies() -> dict[str, dict[str, dict[str, Any]]]:
@@ -374,3 +390,17 @@ def test_readme_operator_policy_tags_only_its_marker() -> None:
     assert "ec2:DescribeTags" in operator["SeeGroups"]["Action"]
     group = operator["TerminationProtectionOfItsInstances"]["Condition"]["StringEquals"]
     assert condition["StringEquals"] == group, "the same group's instances only"
+
+
+def test_without_leader_election_one_replica_recreated_and_more_refused(helm: Helm) -> None:
+    single = render(helm, "defaults", "--set", "operator.leaderElection.enabled=false", "--set", "operator.replicas=1")
+    (deployment,) = single.of_kind("Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["FRAMESCALE_OPERATOR_LEADER_ELECTION"] == "false"
+    assert "FRAMESCALE_OPERATOR_LEADER_LEASE_NAME" not in env
+    assert single.of_kind("PodDisruptionBudget") == []
+    assert not [r for r in single.of_kind("Role") if r["metadata"]["name"].endswith("-operator-leader")]
+    error = helm.template_error("--set", "operator.leaderElection.enabled=false", "--set", "operator.replicas=2")
+    assert "needs operator.leaderElection.enabled" in error

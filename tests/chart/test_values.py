@@ -32,6 +32,7 @@ WORKER_SET_BY_CHART = {
 }  # fmt: skip
 OPERATOR_SET_BY_CHART = {
     "namespaces", "lease_namespace", "health_port", "health_host", "metrics_port", "metrics_host", "standalone",
+    "leader_election", "leader_lease_name", "leader_lease_namespace", "leader_identity",
 }  # fmt: skip
 
 
@@ -273,12 +274,14 @@ def test_operator_environment_is_a_valid_operator_configuration(
     rendered: Rendered, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (deployment,) = rendered.of_kind("Deployment")
-    env = container_env(deployment["spec"]["template"]["spec"]["containers"][0], {})
+    env = container_env(deployment["spec"]["template"]["spec"]["containers"][0], {"metadata.name": "operator-pod-1"})
     for name, value in env.items():
         if name.startswith("FRAMESCALE_OPERATOR_"):
             monkeypatch.setenv(name, value)
     settings = OperatorSettings()
     assert settings.standalone is True
+    assert settings.leader_election is True and settings.leader_identity == "operator-pod-1"
+    assert settings.leader_lease_namespace == deployment["metadata"]["namespace"]
     assert settings.namespaces == rendered.values.get("operator", {}).get("watchNamespaces", [])
 
 

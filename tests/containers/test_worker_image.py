@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from framescale import busy_lease, synthetic
+from framescale.local import images
 from framescale.local import stack as local_stack
 from framescale.local.processes import free_port
 from framescale.local.videos import write_synthetic_video
@@ -160,13 +161,10 @@ def test_the_worker_image_carries_the_worker_only(built_images: BuiltImages) -> 
     labels = built_images.engine.labels(image)
     for key in ("source", "version", "revision"):
         assert labels.get(f"org.opencontainers.image.{key}"), f"label org.opencontainers.image.{key} missing: {labels}"
-    assert labels["org.opencontainers.image.version"] == images_version()
-
-
-def images_version() -> str:
-    from framescale.local import images
-
-    return str(images.oci_labels()["VERSION"])
+    expected = images.oci_labels()
+    assert labels["org.opencontainers.image.version"] == expected["VERSION"]
+    # This commit's, not that of the build whose layers were reused.
+    assert labels["org.opencontainers.image.revision"] == expected["REVISION"], labels
 
 
 def test_worker_image_processes_jobs_with_the_charts_environment(

@@ -97,3 +97,19 @@ def test_a_kubeconfig_is_a_cluster(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     point_kubeconfig_at(monkeypatch, path)
     assert kubeconfig.missing_cluster() is None
+
+
+def test_the_context_key_follows_every_byte_mode_and_argument(tmp_path: Path) -> None:
+    (tmp_path / "wheelhouse").mkdir()
+    wheel = tmp_path / "wheelhouse" / "a.whl"
+    wheel.write_bytes(b"one")
+    first = images.context_key(tmp_path, ["build", "--build-arg", "REVISION=1"])
+    assert images.context_key(tmp_path, ["build", "--build-arg", "REVISION=1"]) == first
+    assert images.context_key(tmp_path, ["build", "--build-arg", "REVISION=2"]) != first
+    wheel.write_bytes(b"two")
+    second = images.context_key(tmp_path, ["build", "--build-arg", "REVISION=1"])
+    assert second != first
+    wheel.chmod(0o600)
+    assert images.context_key(tmp_path, ["build", "--build-arg", "REVISION=1"]) != second
+    wheel.rename(tmp_path / "wheelhouse" / "b.whl")
+    assert images.context_key(tmp_path, ["build", "--build-arg", "REVISION=1"]) != second

@@ -51,7 +51,7 @@ DEBIAN_RUNTIME = "localhost/framescale-runtime:bookworm-slim-1"
 DEBIAN_SUITE = "bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 DEBIAN_PACKAGES = ("python3", "python3-venv", "ca-certificates")
-APT_PACKAGES = {"podman": ("podman", "buildah", "runc"), "debootstrap": ("debootstrap",)}
+APT_PACKAGES = {"podman": ("podman", "buildah", "runc"), "debootstrap": ("debootstrap",), "strip": ("binutils",)}
 DOCKER_HUB = "https://registry-1.docker.io/v2/"
 # Container rlimits may not exceed the host's (runc refuses to raise them): podman's defaults
 # (nofile 1048576) are cut to the host's soft limits, and nproc to this at most.
@@ -62,6 +62,7 @@ MOTO_REQUIREMENT = "moto[server]==5.2.5"
 # Building the project from its sources inside the image needs its build backend from wheels too.
 BUILD_REQUIREMENTS = ("setuptools>=77", "wheel")
 WHEELHOUSE_FORMAT = "stripped-1"
+README_STUB = "# framescale\n\nVideo object detection at fleet scale on Kubernetes; see the project's README.\n"
 # What the worker image leaves out of services/framescale: the local harness, the demo, the
 # model server and exporter (TensorFlow), the developer CLI (it imports the harness).
 WORKER_EXCLUDES = ("local", "demo.py", "modelserver", "cli.py", "helm_values.py")
@@ -498,6 +499,10 @@ def strip_wheels(folder: Path) -> None:
     ships its Cython modules unstripped: 31 MB in the image that are 6 MB stripped. Needs
     binutils' strip on the host; without it the wheels are kept as they are."""
     strip = shutil.which("strip")
+    if strip is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        # Without it the worker image would miss its size budget by the symbols (25 MB).
+        _apt_install(APT_PACKAGES["strip"])
+        strip = shutil.which("strip")
     if strip is None:
         log("strip (binutils) not found: the wheels keep their debug symbols")
         return
@@ -581,7 +586,11 @@ def stage_context(spec: ImageSpec, wheels: Path | None, cache: Path) -> Path:
     shutil.copy2(spec.dockerfile, context / "Dockerfile")
     for relative in spec.sources:
         source = REPO_ROOT / relative
-        if source.is_dir():
+        if relative == "README.md":
+            # Only the package metadata reads it (pyproject's readme): a stub keeps an edit of the
+            # real README from rebuilding the project's layer of every image.
+            (context / relative).write_text(README_STUB)
+        elif source.is_dir():
             _copy_tree(source, context / relative, ())
         else:
             shutil.copy2(source, context / relative)
@@ -622,6 +631,18 @@ class Built:
     size_bytes: int
 
 
+def context_key(context: Path, arguments: Sequence[str]) -> str:
+    """A digest of every file in ``context`` (path, mode, bytes) and of the build arguments."""
+    digest = hashlib.sha256(json.dumps(list(arguments)).encode())
+    for path in sorted(context.rglob("*")):
+        if path.is_file():
+            digest.update(f"{path.relative_to(context).as_posix()}\0{path.stat().st_mode:o}\0".encode())
+            with path.open("rb") as stream:
+                while chunk := stream.read(1 << 20):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
 def build_image(engine: Engine, spec: ImageSpec, base: Base, cache: Path, labels: Mapping[str, str]) -> Built:
     started = time.monotonic()
     wheels = wheelhouse(spec, base, cache) if spec.offline else None
@@ -637,8 +658,29 @@ def build_image(engine: Engine, spec: ImageSpec, base: Base, cache: Path, labels
         argv += ["--build-arg", f"RUNTIME_IMAGE={base.runtime}"]
     for name, value in labels.items():
         argv += ["--build-arg", f"{name}={value}"]
-    log(f"building {spec.reference}")
-    engine.run(*argv, str(context))
+        # Also as --label: buildah's layer cache reuses a LABEL step whose ARG values changed,
+        # which left the revision of an earlier build on a new image.
+        argv += ["--label", f"org.opencontainers.image.{name.lower()}={value}"]
+    # The engine's layer cache makes a rebuild cheap but not free (it re-reads the context and
+    # walks every step); an image built from this very context and these arguments is kept.
+    key = context_key(context, [engine.kind, *argv, *(base.reference or "", base.runtime or "")])
+    records_path = cache / "built.json"
+    records = json.loads(records_path.read_text()) if records_path.exists() else {}
+    record = records.get(spec.name, {})
+    if (
+        record.get("key") == key
+        and engine.image_exists(spec.reference)
+        and engine.image_id(spec.reference) == record.get("id")
+    ):
+        log(f"{spec.reference} is up to date")
+    else:
+        log(f"building {spec.reference}")
+        try:
+            engine.run(*argv, str(context))
+        except ImageError:
+            raise ImageError(f"building {spec.reference} failed (the {engine.kind} output above says where)") from None
+        records[spec.name] = {"key": key, "id": engine.image_id(spec.reference)}
+        records_path.write_text(json.dumps(records, indent=1))
     seconds = time.monotonic() - started
     return Built(spec.name, spec.reference, seconds, engine.image_size(spec.reference))
 

@@ -1,4 +1,8 @@
-"""moto in server mode on 127.0.0.1: real HTTP, so every boto3 client is exercised as in AWS."""
+"""moto in server mode on 127.0.0.1: real HTTP, so every boto3 client is exercised as in AWS.
+
+The server runs with ``moto_extensions`` installed: Auto Scaling lifecycle hooks, scale-in and
+termination behave as AWS documents (see that module for exactly what is simulated).
+"""
 
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ class MotoServer(ManagedProcess):
         env["AWS_DEFAULT_REGION"] = region
         super().__init__(
             "moto",
-            python_argv("-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)),
+            python_argv("-m", "framescale.local.moto_extensions", "-H", "127.0.0.1", "-p", str(self.port)),
             env=env,
             log_path=log_path,
         )

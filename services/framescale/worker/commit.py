@@ -115,7 +115,6 @@ class ResultStore:
         self.clock = clock or SystemClock()
         self.on_failure = on_failure
         self.attempt = attempt or uuid.uuid4().hex
-        self.folder = folder
         self.summary_at = folder.child(results.SUMMARY_FILE)
         self.detections_at = folder.child(results.DETECTIONS_FILE)
         self.staging_at = folder.child(STAGING_DIR, "")

@@ -385,14 +385,14 @@ class OperatorProcess:
             return response.read().decode()
 
 
-def _kubeconfig(path: Path, server: str) -> Path:
+def _kubeconfig(path: Path, server: str, token: str = "not-checked") -> Path:
     path.write_text(
         json.dumps(
             {
                 "apiVersion": "v1",
                 "kind": "Config",
                 "clusters": [{"name": "emulator", "cluster": {"server": server}}],
-                "users": [{"name": "tester", "user": {"token": "not-checked"}}],
+                "users": [{"name": "tester", "user": {"token": token}}],
                 "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "tester"}}],
                 "current-context": "emulator",
             }
@@ -401,19 +401,24 @@ def _kubeconfig(path: Path, server: str) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def operator_process(
-    kube_api: EmulatorThread, moto_server: MotoServer, tmp_path_factory: pytest.TempPathFactory
+@contextlib.contextmanager
+def running_operator(
+    kube_url: str,
+    aws_env: dict[str, str],
+    workdir: Path,
+    *,
+    token: str = "not-checked",
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[OperatorProcess]:
-    """``python -m framescale_operator`` against the emulator and moto, with slow defaults (the
-    pipelines set their own poll interval)."""
-    workdir = tmp_path_factory.mktemp("operator")
+    """``python -m framescale_operator`` against ``kube_url`` (as ``token``) and the AWS endpoint in
+    ``aws_env``, with slow defaults (the pipelines set their own poll interval); stopped with SIGTERM."""
+    workdir.mkdir(parents=True, exist_ok=True)
     health_port, metrics_port = free_port(), free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith(("FRAMESCALE_", "AWS_", "KUBE"))}
-    env.update(moto_server.client_env)
+    env.update(aws_env)
     env.update(
         {
-            "KUBECONFIG": str(_kubeconfig(workdir / "kubeconfig", kube_api.url)),
+            "KUBECONFIG": str(_kubeconfig(workdir / "kubeconfig", kube_url, token)),
             "FRAMESCALE_OPERATOR_DEFAULT_POLL_INTERVAL_SECONDS": str(DEFAULT_POLL),
             "FRAMESCALE_OPERATOR_PROTECTION_RESYNC_SECONDS": str(PROTECTION_RESYNC),
             "FRAMESCALE_OPERATOR_TEMPORARY_ERROR_DELAY_SECONDS": "1",
@@ -423,8 +428,13 @@ def operator_process(
             "FRAMESCALE_OPERATOR_METRICS_PORT": str(metrics_port),
             "FRAMESCALE_OPERATOR_LOG_FORMAT": "json",
             "FRAMESCALE_OPERATOR_LOG_LEVEL": "INFO",
+            # A short leader Lease: one replica takes the Lease within a second of starting.
+            "FRAMESCALE_OPERATOR_LEADER_LEASE_DURATION_SECONDS": "4",
+            "FRAMESCALE_OPERATOR_LEADER_RENEW_DEADLINE_SECONDS": "3",
+            "FRAMESCALE_OPERATOR_LEADER_RETRY_PERIOD_SECONDS": "0.5",
         }
     )
+    env.update(extra_env or {})
     log_path = workdir / "operator.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -451,6 +461,15 @@ def operator_process(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def operator_process(
+    kube_api: EmulatorThread, moto_server: MotoServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """The module's one operator (cluster-wide), against the emulator and moto."""
+    with running_operator(kube_api.url, moto_server.client_env, tmp_path_factory.mktemp("operator")) as running:
+        yield running
 
 
 @pytest.fixture

@@ -94,6 +94,9 @@ class KubeEmulator(kmock.KubernetesEmulator):
     _last_version: int = attrs.field(default=0, init=False)
     _write_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
     _custom: dict[tuple[str, str, str], CustomResource] = attrs.field(factory=dict, init=False)
+    # Writes by client (the Authorization header: each operator process of a test has its own
+    # token): (method, path, top-level body keys), so a test can tell who wrote what.
+    writes_by_client: dict[str, list[tuple[str, str, tuple[str, ...]]]] = attrs.field(factory=dict, init=False)
     # Run before a write is applied (a test interleaves its own write there: a race made certain).
     before_write: list[Callable[[rendering.Request], Awaitable[None]]] = attrs.field(factory=list, init=False)
 
@@ -111,7 +114,17 @@ class KubeEmulator(kmock.KubernetesEmulator):
             return None
         return self._custom.get((resource.group or "", resource.version or "", resource.plural or ""))
 
+    def _record_write(self, request: rendering.Request) -> None:
+        method = str(getattr(request.method, "value", request.method)).upper()
+        if method not in ("POST", "PUT", "PATCH", "DELETE"):
+            return
+        client = request.headers.get("Authorization") or request.headers.get("authorization") or ""
+        keys = tuple(sorted(request.data)) if isinstance(request.data, dict) else ()
+        self.writes_by_client.setdefault(client, []).append((method, request.url.path, keys))
+
     async def _handle(self, request: rendering.Request) -> Any:
+        if request.resource is not None:
+            self._record_write(request)
         custom = self._custom_resource(request)
         if custom is not None and custom.scale is not None and request.subresource == "scale" and request.name:
             return await self._serve_scale(request, custom, custom.scale)

@@ -49,6 +49,8 @@ def test_decide_several_records_by_the_most_urgent_kind() -> None:
     assert decide([DONE, lost, slow], receive_count=1).reason == "record 3 of 3 (s3://v/b.mp4): download: 503"
     assert decide([lost, slow, stop], receive_count=1).action is Action.HAND_BACK
     assert decide([lost, slow, stop], receive_count=1).reason == "shutdown"
+    two = decide([DONE, lost], receive_count=1)
+    assert two.reason == "record 2 of 2 (s3://v/c.mp4): resolve: gone", "two records were not both counted"
     both = decide([lost, DONE, lost], receive_count=1)
     assert both.action is Action.DEAD_LETTER and both.failed == (lost, lost) and both.stage == "resolve"
     assert both.reason == "record 1 of 3 (s3://v/c.mp4): resolve: gone; record 1 of 3 (s3://v/c.mp4): resolve: gone"

@@ -18,11 +18,13 @@ from typing import Any
 
 import pytest
 
+from framescale import busy_lease
+from framescale.busy_lease import WorkerState
 from framescale.worker import service
 from framescale.worker.loop import Action, Disposition, MessageOutcome, Settlement
 from framescale.worker.service import CRASH_LOOP_DEATHS, SlotSignals, Supervisor, SupervisorClients, _Shutdown
 from framescale.worker.settings import WorkerSettings
-from tests.fakes import FakeModel
+from tests.fakes import FakeLeases, FakeModel
 from tests.support import wait_for
 
 _pids = itertools.count(900_001)
@@ -116,7 +118,7 @@ class FakeSqsClient:
 
 
 class Harness:
-    def __init__(self, tmp_path: Path, **settings: Any) -> None:
+    def __init__(self, tmp_path: Path, leases: Any = None, **settings: Any) -> None:
         values: dict[str, Any] = {
             "queue_url": "https://sqs.us-east-1.amazonaws.com/1/jobs",
             "dead_letter_queue_url": "https://sqs.us-east-1.amazonaws.com/1/jobs-dlq",
@@ -128,11 +130,10 @@ class Harness:
         self.sqs = FakeSqsClient()
         self.model = FakeModel()
         self.processes = FakeProcesses()
-        self.supervisor = Supervisor(
-            WorkerSettings(**values),
-            SupervisorClients(sqs=self.sqs, model=self.model),
-            processes=self.processes,
-        )
+        clients = SupervisorClients(sqs=self.sqs, model=self.model)
+        if leases is not None:
+            clients.leases = lambda: leases
+        self.supervisor = Supervisor(WorkerSettings(**values), clients, processes=self.processes)
         self.result: list[int] = []
 
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float | None:
@@ -319,3 +320,43 @@ def test_the_grace_runs_out_into_a_cancel() -> None:
     worker = fake_slot(in_job=True)
     SlotSignals(worker, grace_seconds=0.05)(15, None)
     assert worker.cancel.wait(5), "the grace period never ended the job"
+
+
+def test_with_a_lease_the_gate_opens_on_admission_and_drains_are_answered_and_counted(tmp_path: Path) -> None:
+    leases = FakeLeases()
+    node = "ip-10-0-0-9.ec2.internal"
+    name, namespace = busy_lease.lease_name(node), "video"
+    harness = Harness(
+        tmp_path, leases, lease_enabled=True, node_name=node, pod_name="pod-1", namespace=namespace,
+        lease_duration_seconds=10, lease_poll_seconds=0.02,
+    )  # fmt: skip
+    gate = harness.supervisor.gate
+
+    def lease() -> busy_lease.LeaseRecord | None:
+        body = leases.leases.get((namespace, name))
+        return busy_lease.parse_lease(body) if body else None
+
+    def actor() -> None:
+        soon(lambda: lease() is not None and lease().state == WorkerState.STARTING, "the Lease, not admitted")  # type: ignore[union-attr]
+        assert not gate.is_open, "the gate opened before the operator admitted the node"
+        leases.operator_patch(name, namespace, busy_lease.admit_patch("video/detect"))
+        soon(lambda: gate.is_open, "the gate to open once admitted")
+        assert gate.slot(0).try_start()  # what a slot process does as it takes a job
+        harness.slot(0).send(started())
+        soon(lambda: lease().state == WorkerState.BUSY and lease().active_jobs == 1, "busy")  # type: ignore[union-attr]
+        leases.operator_patch(name, namespace, busy_lease.drain_request_patch("t1", "video/detect"))
+        soon(lambda: lease().refused("t1"), "refused while busy")  # type: ignore[union-attr]
+        gate.slot(0).finish()
+        harness.slot(0).send(finished())
+        leases.operator_patch(name, namespace, busy_lease.drain_request_patch("t2", "video/detect"))
+        soon(lambda: lease().drained_for("t2"), "drained when idle")  # type: ignore[union-attr]
+        assert not gate.slot(1).try_start()
+        leases.failing = True
+        soon(lambda: (harness.metric("framescale_worker_lease_renew_failures_total") or 0) > 0, "a failed renewal")
+        leases.failing = False
+
+    harness.run(actor)
+    assert harness.metric("framescale_worker_drain_requests_total", {"verdict": "refused"}) == 1
+    assert harness.metric("framescale_worker_drain_requests_total", {"verdict": "drained"}) == 1
+    final = lease()
+    assert final is not None and final.state == WorkerState.STOPPING and final.active_jobs == 0
