@@ -545,6 +545,14 @@ def test_a_steady_pipeline_writes_nothing(pipeline: Pipeline, kube: KubeClient) 
     world.send(pipeline.queue_url, 3)
     wait_for(lambda: pipeline.status().get("replicas") == 2, "2 instances in service")
     wait_for(lambda: pipeline.condition("Scaling").get("reason") == "Steady", "the pass after the scale-out")
+
+    def observed_the_mirror() -> bool:
+        # The operator's own mirror of the count into spec.replicas bumps the generation; steady
+        # means a pass has seen that too (kopf's watch may hand the timer the older body first).
+        body = kube.vp(pipeline.namespace, pipeline.name)
+        return (body.get("status") or {}).get("observedGeneration") == body["metadata"]["generation"]
+
+    wait_for(observed_the_mirror, "a pass over the mirrored spec")
     version = kube.vp(pipeline.namespace, pipeline.name)["metadata"]["resourceVersion"]
     instances = world.in_service(pipeline.group)
     events = len(kube.events(pipeline.namespace))
