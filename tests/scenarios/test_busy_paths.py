@@ -291,9 +291,8 @@ def _leader_election() -> dict[str, str]:
     """The settings that make two operator replicas elect a leader, if the operator has them."""
     from framescale_operator.settings import OperatorSettings
 
-    fields = OperatorSettings.model_fields
-    if "leader_election" in fields:
-        return {"FRAMESCALE_OPERATOR_LEADER_ELECTION": "true", "FRAMESCALE_OPERATOR_LEADER_LEASE_SECONDS": "6"}
+    if "leader_election" in OperatorSettings.model_fields:
+        return {"FRAMESCALE_OPERATOR_LEADER_ELECTION": "true"}
     pytest.skip("waiting for the operator's leader election (framescale_operator.leader)")
 
 
