@@ -210,6 +210,9 @@ def test_a_second_pipeline_on_an_owned_group_or_queue_is_refused_and_does_not_ac
     stack.operator()
     first.create()
     wait_for(lambda: first.condition("Ready"), "the first pipeline's status", timeout=WAIT)
+    # The oldest pipeline owns (creationTimestamp has whole seconds, and ties go by name): the
+    # others must be created in a later second to be the younger ones.
+    time.sleep(1.1)
     same_group.create()
     same_queue.create()
     for refused in (same_group, same_queue):
