@@ -223,14 +223,18 @@ def test_a_second_pipeline_on_an_owned_group_or_queue_is_refused_and_does_not_ac
 
     # Backlog on the second pipeline's own queue: it must not size the first one's group; and the
     # first one's backlog must not size the group of the pipeline that shares its queue.
-    same_group.send(3, "other-queue")
+    stranded = same_group.send(3, "other-queue")
     first.send(2, "first")
     wait_for(lambda: first.group_view()["DesiredCapacity"] >= 1, "the owner scales its group")
     time.sleep(6)
     assert harness.group_view(same_queue.group)["DesiredCapacity"] == 0, "the refused pipeline acted"
     assert first.group_view()["DesiredCapacity"] <= 2, "the refused pipeline sized the owner's group"
     assert all(c.group != same_queue.group for c in stack.ledger.capacity)
-    _clean(stack, first.group, same_queue.group)
+    wait_for(lambda: stack.ledger.all_done("first"), "the owner's jobs done", timeout=WAIT)
+    found = stack.ledger.violations({first.group, same_queue.group})
+    # The refused pipeline's own queue is served by nobody: its messages wait, none is lost.
+    assert sorted(found.pop("never_done")) == sorted(stranded)
+    assert found == {key: [] for key in found}, found
 
 
 # ---------------------------------------------------------------------------- operator restart
