@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -142,6 +143,26 @@ def test_a_fake_node_waits_for_admission_works_drains_and_reopens(
     final = read_record(kube_api.url, node_name)
     assert final is not None and final.state == WorkerState.STOPPING and final.active_jobs == 0
     assert kube_api.server_errors() == []
+
+
+def test_a_node_whose_clock_is_120_s_behind_is_admitted_works_and_drains_the_same(
+    aws_env: dict[str, str], tmp_path: Path, kube_api: EmulatorThread
+) -> None:
+    stack = local_stack.provision(unique("fake"))
+    node_name = unique("ip-10-0-6")
+    node = FakeNode(config(tmp_path, kube_api.url, stack.queue_url, node_name, wall_skew_seconds=-120.0)).start()
+    try:
+        admit_when_seen(kube_api.url, node_name)
+        send(stack.queue_url, 2)
+        wait_for(lambda: len(done(node.events)) == 2, timeout=30, what="the jobs")
+        lease = read_record(kube_api.url, node_name)
+        renewed = busy_lease.parse_time(lease.renew_time) if lease else None
+        assert renewed is not None and datetime.now(UTC) - renewed > timedelta(seconds=100), "the clock is not off"
+        token = busy_lease.new_drain_token()
+        operator_patch(kube_api.url, node_name, busy_lease.drain_request_patch(token, OWNER))
+        wait_for(lambda: read_record(kube_api.url, node_name).drained_for(token), timeout=5, what="drained")  # type: ignore[union-attr]
+    finally:
+        node.stop()
 
 
 def test_finish_drain_waits_for_the_job_in_hand(

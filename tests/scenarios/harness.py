@@ -800,6 +800,12 @@ class OperatorRun:
                 "FRAMESCALE_OPERATOR_METRICS_PORT": str(metrics_port),
                 "FRAMESCALE_OPERATOR_LOG_FORMAT": "json",
                 "FRAMESCALE_OPERATOR_LOG_LEVEL": "INFO",
+                # Short leader-election times, so that a restarted or surviving replica takes over
+                # in seconds (they are ignored by an operator without leader election).
+                "FRAMESCALE_OPERATOR_LEADER_IDENTITY": self.name,
+                "FRAMESCALE_OPERATOR_LEADER_LEASE_DURATION_SECONDS": "4",
+                "FRAMESCALE_OPERATOR_LEADER_RENEW_DEADLINE_SECONDS": "3",
+                "FRAMESCALE_OPERATOR_LEADER_RETRY_PERIOD_SECONDS": "1",
             }
         )
         env.update(self.extra_env)

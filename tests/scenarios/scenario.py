@@ -33,7 +33,8 @@ class ScenarioSize:
 @dataclass
 class ScenarioResult:
     scale_ins: int
-    causes: dict[str, int]
+    causes: dict[str, int]  # the call each instance died in
+    hold_causes: dict[str, int]  # with the lifecycle hook: the call that put each one on hold
     jobs: int
     messages: int
     seconds: float
@@ -48,6 +49,7 @@ class ScenarioResult:
         return {
             "scale_ins": self.scale_ins,
             "termination_causes": self.causes,
+            "hold_causes": self.hold_causes,
             "jobs_started": self.jobs,
             "messages": self.messages,
             "seconds": round(self.seconds, 1),
@@ -182,6 +184,11 @@ def summarize(
     causes: dict[str, int] = {}
     for termination in terminations:
         causes[termination.cause] = causes.get(termination.cause, 0) + 1
+    with ledger.lock:
+        holds = [h for h in ledger.holds if h.group in groups]
+    hold_causes: dict[str, int] = {}
+    for hold in holds:
+        hold_causes[hold.cause] = hold_causes.get(hold.cause, 0) + 1
     out_reaction = _reaction(bursts, [(c.group, c.at) for c in changes if c.after > c.before])
     in_reaction = _reaction(quiet_from, [(c.group, c.at) for c in changes if c.after < c.before])
     answers: dict[str, int] = {}
@@ -194,6 +201,7 @@ def summarize(
     return ScenarioResult(
         scale_ins=len(terminations),
         causes=causes,
+        hold_causes=hold_causes,
         jobs=jobs,
         messages=sent,
         seconds=seconds,

@@ -15,7 +15,9 @@ Use it in-process (threads)::
     node.stop()   # SIGTERM: no new job, jobs in hand cut short and handed back, Lease "stopping"
     node.kill()   # the instance vanished: nothing handed back or deleted, the Lease left to lapse
 
-or as a process (SIGTERM = ``stop``, SIGKILL = the instance vanished)::
+``wall_skew_seconds`` (``--wall-skew``) sets the node's wall clock off, as the Lease's
+``renewTime`` shows it; the handshake must not care. Or run it as a process (SIGTERM = ``stop``,
+SIGKILL = the instance vanished)::
 
     python -m framescale.local.fake_node --node ip-10-0-0-1 --queue-url URL --namespace video \\
         --kubeconfig kubeconfig.yaml --record jobs.jsonl --job-seconds 0.5:3 --slots 1
@@ -49,6 +51,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -77,6 +80,7 @@ class FakeNodeConfig:
     visibility_seconds: int = 30  # per receive; a longer job extends its message once
     seed: int | None = None
     holder: str | None = None  # the Lease's holderIdentity; "fake-<node>-<pid>" when None
+    wall_skew_seconds: float = 0.0  # this node's wall clock is that far ahead (negative: behind)
 
 
 @dataclass
@@ -135,6 +139,7 @@ class FakeNode:
             duration_seconds=config.lease_duration_seconds,
             poll_seconds=config.lease_poll_seconds,
             on_answer=self._answered,
+            wall=lambda: datetime.now(UTC) + timedelta(seconds=config.wall_skew_seconds),
         )
         self._rng = random.Random(config.seed)
         self._rng_lock = threading.Lock()
@@ -310,6 +315,7 @@ def parse_args(argv: Sequence[str] | None = None) -> FakeNodeConfig:
     parser.add_argument("--wait-seconds", type=int, default=1, choices=range(21), metavar="0-20")
     parser.add_argument("--visibility-seconds", type=int, default=30)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--wall-skew", type=float, default=0.0, help="seconds this node's wall clock is ahead")
     args = parser.parse_args(argv)
     if args.slots < 1:
         parser.error("--slots must be at least 1")
@@ -327,6 +333,7 @@ def parse_args(argv: Sequence[str] | None = None) -> FakeNodeConfig:
         wait_seconds=args.wait_seconds,
         visibility_seconds=args.visibility_seconds,
         seed=args.seed,
+        wall_skew_seconds=args.wall_skew,
     )
 
 

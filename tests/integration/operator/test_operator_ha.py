@@ -83,11 +83,17 @@ def test_two_replicas_one_acts_the_standby_makes_no_call_and_takes_over_when_the
             group=world.group(f"gpu-ha-{suffix}"),
         )
         pipeline.create(scaleInCooldownSeconds=1)
+        doomed = pipeline.create(name="doomed")["metadata"]["name"]
         world.send(pipeline.queue_url, 4)
         wait_for(lambda: world.desired(pipeline.group) == 2, "the leader scales out to 2")
         wait_for(lambda: pipeline.condition("Ready").get("status") == "True", "Ready")
         kube.merge_patch(kube.vp_path(pipeline.namespace, pipeline.name, "scale"), {"spec": {"replicas": 3}})
         wait_for(lambda: world.desired(pipeline.group) == 3, "pinned to 3 by the leader")
+        # Deleted while both run: the leader releases it and removes the finalizer; the standby's
+        # deletion handler waits without writing and ends when the object is gone.
+        wait_for(lambda: kube.vp(pipeline.namespace, doomed)["metadata"].get("finalizers"), "the finalizer")
+        kube.delete(kube.vp_path(pipeline.namespace, doomed))
+        wait_for(lambda: kube.maybe_get(kube.vp_path(pipeline.namespace, doomed)) is None, "the deleted pipeline gone")
         time.sleep(3)
 
         assert proxies[leader].requests > 0
