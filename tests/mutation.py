@@ -54,7 +54,9 @@ TESTS = [
     "tests/unit/worker/test_job.py",
     "tests/unit/worker/test_gate.py",
     "tests/unit/operator/test_policy.py",
+    "tests/unit/operator/test_policy_decisions.py",
     "tests/unit/operator/test_protection.py",
+    "tests/unit/operator/test_protection_records.py",
     "tests/unit/operator/test_plan.py",
 ]
 CONFIG = """
