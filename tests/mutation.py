@@ -82,7 +82,7 @@ PACKAGES = {
 
 
 def present(path: str) -> bool:
-    """A module or test file of the lists that this checkout has (plan.py arrives with branch busy-operator)."""
+    """A module or test file of the lists that this checkout has (one added here before its branch landed)."""
     for prefix, folder in PACKAGES.items():
         if path.startswith(prefix):
             return (folder / path[len(prefix) :]).exists()
