@@ -63,6 +63,13 @@ def test_two_hundred_scale_ins_with_racing_workers_never_touch_a_busy_node(
 
 
 @pytest.mark.soak
+@pytest.mark.skipif(
+    not os.environ.get("FRAMESCALE_LONG_SOAK"),
+    reason=(
+        "1000 scale-ins take about 50 minutes here, more than CI's one-hour budget with make test: "
+        "run FRAMESCALE_LONG_SOAK=1 make soak"
+    ),
+)
 def test_a_thousand_scale_ins_with_racing_workers(stack: harness.Stack, tmp_path: Path) -> None:
     size = scenario.ScenarioSize(scale_ins=1000, time_limit=3600)
     result = _run(stack, size, tmp_path / "scale-in-race-1000.json", seed=23)
