@@ -58,6 +58,7 @@ TESTS = [
     "tests/unit/operator/test_protection.py",
     "tests/unit/operator/test_protection_records.py",
     "tests/unit/operator/test_plan.py",
+    "tests/unit/operator/test_plan_details.py",
 ]
 CONFIG = """
 [tool.mutmut]
