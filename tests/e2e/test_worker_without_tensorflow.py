@@ -62,6 +62,9 @@ def test_a_running_worker_has_no_tensorflow_loaded(aws_env, tmp_path: Path, star
     # The check itself sees TensorFlow where it is: in the model server.
     assert any("tensorflow" in path for path in mapped_files(model_server.pid))
     for pid in slots:
-        assert any("cv2" in path for path in mapped_files(pid)), pid  # the slots are where videos are decoded
+        # The slots are where videos are decoded (PyAV's FFmpeg) ...
+        assert any("libavcodec" in path for path in mapped_files(pid)), pid
+        # ... and OpenCV is no longer the worker's: only the local harness and the demo use it.
+        assert not [path for path in mapped_files(pid) if "cv2" in path], pid
     for pid in [worker.pid, *slots]:
         assert not [path for path in mapped_files(pid) if "tensorflow" in path], pid
